@@ -1,0 +1,36 @@
+# Two commands do all the set-up on a fresh machine:
+#   make demo   -> create .venv, install, generate the synthetic demo dataset, train on it, open the app
+#   make test   -> create .venv, install, run the whole test suite (CI runs exactly this)
+SHELL := /bin/bash
+PY := .venv/bin/python
+DEMO := data/demo
+DEMO_RUN := data/runs/demo-mslg
+DEMO_FLAGS ?= --method mslg --backbone resnet18 --image-size 64 --epochs 12 --warmup-epochs 4 --lr-milestones 8 --batch-size 32
+
+.PHONY: demo test lint bench app
+
+.venv/stamp: requirements.txt requirements-test.txt
+	test -x $(PY) || python3 -m venv .venv
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -r requirements.txt -r requirements-test.txt
+	touch $@
+
+demo: .venv/stamp
+	$(PY) -m engine demo-data $(DEMO) --n 400 --seed 0
+	$(PY) -m engine inspect $(DEMO)
+	$(PY) -m engine run $(DEMO) --out $(DEMO_RUN) --pretrain $(DEMO)/dr_aux $(DEMO_FLAGS)
+	.venv/bin/streamlit run app/Home.py -- --dataset $(DEMO) --run $(DEMO_RUN)
+
+app: .venv/stamp
+	.venv/bin/streamlit run app/Home.py
+
+test: .venv/stamp
+	bash scripts/ensure-chromium
+	$(PY) -m pytest
+
+lint: .venv/stamp
+	.venv/bin/ruff check engine app bench tests
+
+bench: .venv/stamp
+	$(PY) bench/step_cost.py
+	$(PY) bench/noise_bench.py

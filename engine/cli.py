@@ -1,0 +1,56 @@
+"""`python -m engine COMMAND`: one module per command in `engine/commands/`, each with `add_parser` and `run`.
+
+Bad input (`InputError`) is printed as one block listing every problem, exit code 2, nothing written.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+from engine.errors import EXIT_BAD_INPUT, InputError
+
+# command name -> module in engine/commands (adding a command = one module + one line here)
+COMMANDS = {
+    "demo-data": "demo_data",
+    "inspect": "inspect",
+    "split": "split",
+    "run": "run",
+    "predict": "predict",
+    "export": "export",
+    "methods": "methods",
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m engine",
+        description="Train image classifiers on noisily labelled medical images (ROP) and flag images to review.",
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for name, module in COMMANDS.items():
+        mod = importlib.import_module(f"engine.commands.{module}")
+        p = sub.add_parser(name, help=mod.HELP, description=mod.HELP)
+        mod.add_parser(p)
+        p.set_defaults(_run=mod.run)
+    return parser
+
+
+def print_problems(err: InputError, stream=sys.stderr) -> None:
+    n = len(err.problems)
+    print(f"error: {n} problem{'s' if n != 1 else ''} in the input; nothing was written.", file=stream)
+    for p in err.problems:
+        print(f"  - {p}", file=stream)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args._run(args) or 0)
+    except InputError as err:
+        print_problems(err)
+        return EXIT_BAD_INPUT
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130

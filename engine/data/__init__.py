@@ -1,0 +1,1 @@
+"""Dataset contract, image/DICOM ingest, vote aggregation and the meta/test/train split."""

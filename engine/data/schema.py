@@ -1,0 +1,59 @@
+"""Column names and role values, defined once and used everywhere (engine, app, docs, tests)."""
+
+# votes.csv (input contract)
+IMAGE = "image"  # path relative to the dataset folder
+ROLE = "role"  # meta | test | train | unlabeled | empty (engine decides)
+PATIENT_ID = "patient_id"  # images of one patient never straddle meta/test/train
+NOTE = "note"
+RESERVED_INPUT_COLUMNS = (IMAGE, ROLE, PATIENT_ID, NOTE)  # every other column is one expert
+
+# roles
+META, TEST, TRAIN, UNLABELED = "meta", "test", "train", "unlabeled"
+ROLES = (META, TEST, TRAIN, UNLABELED)
+
+# aggregation / labels.csv (output contract)
+VOTES = "votes"  # "expert=class;expert=class" in expert column order, graded experts only
+MAJORITY = "majority"
+TIE = "tie"  # True when the majority vote was a tie resolved by the documented rule
+CONSENSUS = "consensus"  # >= 2 graders and all agree
+N_GRADERS = "n_graders"
+AGREEMENT = "agreement"  # fraction of graders voting for the majority class
+PROB_PREFIX = "p:"  # p:<class> soft-label / probability columns
+SUGGESTED = "suggested"
+CONFIDENCE = "confidence"
+FLAG = "flag"
+FLAG_REASON = "flag_reason"
+FLAG_SCORE = "flag_score"
+
+# export (cleaned labels)
+FINAL_LABEL = "final_label"
+SOURCE = "source"  # consensus | review | model | majority
+SOURCES = ("consensus", "review", "model", "majority")
+REVIEWER = "reviewer"
+REVIEWED_AT = "reviewed_at"
+
+# predict
+PREDICTED = "predicted"
+
+LABELS_COLUMNS_HEAD = (IMAGE, ROLE, VOTES, MAJORITY, CONSENSUS)
+LABELS_COLUMNS_TAIL = (SUGGESTED, CONFIDENCE, FLAG, FLAG_REASON, FLAG_SCORE)
+
+
+def prob_col(cls: str) -> str:
+    return f"{PROB_PREFIX}{cls}"
+
+
+def prob_cols(classes) -> list[str]:
+    return [prob_col(c) for c in classes]
+
+
+def labels_columns(classes) -> list[str]:
+    return [*LABELS_COLUMNS_HEAD, *prob_cols(classes), *LABELS_COLUMNS_TAIL]
+
+
+def export_columns(classes) -> list[str]:
+    return [IMAGE, FINAL_LABEL, SOURCE, VOTES, MAJORITY, *prob_cols(classes), REVIEWER, REVIEWED_AT, NOTE]
+
+
+def predict_columns(classes) -> list[str]:
+    return [IMAGE, *prob_cols(classes), PREDICTED, CONFIDENCE]
