@@ -37,7 +37,8 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def print_problems(err: InputError, stream=sys.stderr) -> None:
+def print_problems(err: InputError, stream=None) -> None:
+    stream = stream or sys.stderr
     n = len(err.problems)
     print(f"error: {n} problem{'s' if n != 1 else ''} in the input; nothing was written.", file=stream)
     for p in err.problems:

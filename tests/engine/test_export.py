@@ -1,0 +1,183 @@
+"""export_labels: the final-label rule, the column contract, validation with file + row, atomic output, the CLI."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pandas as pd
+import pytest
+
+from engine import cli
+from engine.data import schema
+from engine.errors import EXIT_BAD_INPUT, InputError
+from engine.export import export_labels, provenance_path, read_labels, sha256_file
+from engine.review import ReviewStore
+
+CLASSES = ["normal", "pre-plus", "plus"]
+
+
+def _row(image, majority, consensus, suggested, flag=0, votes=None, probs=(0.8, 0.15, 0.05)):
+    return {
+        "image": image,
+        "role": "unlabeled" if not majority else ("meta" if consensus else "train"),
+        "votes": votes if votes is not None else (f"dr_a={majority};dr_b={majority}" if majority else ""),
+        "majority": majority,
+        "consensus": consensus,
+        **{schema.prob_col(c): p for c, p in zip(CLASSES, probs, strict=True)},
+        "suggested": suggested,
+        "confidence": max(probs),
+        "flag": flag,
+        "flag_reason": "model disagrees" if flag else "",
+        "flag_score": 0.9 if flag else 0.1,
+    }
+
+
+@pytest.fixture
+def run_dir(tmp_path):
+    run = tmp_path / "run"
+    run.mkdir()
+    rows = [
+        _row("a.png", "normal", True, "normal"),  # consensus
+        _row("b.png", "plus", False, "pre-plus", flag=1, votes="dr_a=plus;dr_b=normal"),  # flagged, unreviewed
+        _row("c.png", "", False, "plus", probs=(0.1, 0.2, 0.7)),  # nobody graded it
+        _row("d.png", "normal", True, "plus", flag=1),  # consensus but reviewed below
+        _row("e/f.png", "pre-plus", False, "pre-plus"),  # only skipped below
+    ]
+    frame = pd.DataFrame(rows, columns=schema.labels_columns(CLASSES))
+    frame.to_csv(run / "labels.csv", index=False)
+    (run / "config.json").write_text(json.dumps({"runtime": {"method": "mslg"}}))
+    return run
+
+
+@pytest.fixture
+def store(tmp_path):
+    with ReviewStore(tmp_path / "workspace.db") as s:
+        yield s
+
+
+def _decide(store, run, image, label, action="choose_class", **kw):
+    return store.add_decision(run, image, reviewer=kw.pop("reviewer", "dr_c"), new_label=label, old_label="x",
+                              action=action, **kw)  # fmt: skip
+
+
+def test_columns_and_sources(run_dir, store):
+    _decide(store, run_dir, "d.png", "pre-plus", note="vessels tortuous")
+    _decide(store, run_dir, "e/f.png", None, action="skip")
+    out = export_labels(run_dir, store=store).set_index("image")
+    assert list(out.reset_index().columns) == schema.export_columns(CLASSES)
+    assert out["source"].to_dict() == {
+        "a.png": "consensus",
+        "b.png": "majority",  # flagged but unreviewed: experts are kept
+        "c.png": "model",
+        "d.png": "review",
+        "e/f.png": "majority",  # a skip is not a decision
+    }
+    assert out["final_label"].to_dict() == {
+        "a.png": "normal",
+        "b.png": "plus",
+        "c.png": "plus",
+        "d.png": "pre-plus",
+        "e/f.png": "pre-plus",
+    }
+    d = out.loc["d.png"]
+    assert d["reviewer"] == "dr_c" and d["note"] == "vessels tortuous" and d["reviewed_at"].endswith("+00:00")
+    assert d["majority"] == "normal" and d["votes"] == "dr_a=normal;dr_b=normal"  # evidence kept beside the decision
+    assert out.loc["a.png", "reviewer"] == "" and out.loc["a.png", "reviewed_at"] == ""
+    assert math.isclose(out.loc["c.png", "p:plus"], 0.7)
+
+
+def test_latest_review_overrides_even_consensus(run_dir, store):
+    _decide(store, run_dir, "a.png", "plus", reviewer="dr_c")
+    _decide(store, run_dir, "a.png", "pre-plus", reviewer="dr_d")
+    _decide(store, run_dir, "a.png", None, action="skip", reviewer="dr_e")
+    a = export_labels(run_dir, store=store).set_index("image").loc["a.png"]
+    assert (a["final_label"], a["source"], a["reviewer"]) == ("pre-plus", "review", "dr_d")
+
+
+def test_without_a_store_there_are_no_reviews_unless_the_run_has_review_db(run_dir):
+    assert "review" not in set(export_labels(run_dir)["source"])
+    with ReviewStore(run_dir / "review.db") as s:
+        _decide(s, run_dir, "b.png", "pre-plus")
+    out = export_labels(run_dir).set_index("image")
+    assert out.loc["b.png", "source"] == "review"
+
+
+def test_store_given_by_path(run_dir, store, tmp_path):
+    _decide(store, run_dir, "c.png", "normal")
+    assert export_labels(run_dir, store=str(store.path)).set_index("image").loc["c.png", "final_label"] == "normal"
+    with pytest.raises(InputError, match="review store not found"):
+        export_labels(run_dir, store=tmp_path / "typo.db")
+    assert not (tmp_path / "typo.db").exists()
+
+
+@pytest.mark.parametrize(
+    "image,label,match",
+    [("zzz.png", "plus", "image is not in"), ("a.png", "plus+", "label 'plus\\+' is not one of the classes")],
+)
+def test_invalid_decision_is_refused_and_nothing_written(run_dir, store, tmp_path, image, label, match):
+    out = tmp_path / "cleaned.csv"
+    out.write_text("previous export\n")
+    _decide(store, run_dir, image, label)
+    with pytest.raises(InputError, match=match):
+        export_labels(run_dir, store=store, out=out)
+    assert out.read_text() == "previous export\n"
+    assert not provenance_path(out).exists()
+
+
+def test_missing_and_malformed_labels(tmp_path, run_dir):
+    with pytest.raises(InputError, match="labels.csv not found"):
+        export_labels(tmp_path / "nope")
+    frame = pd.read_csv(run_dir / "labels.csv", dtype=str, keep_default_na=False)
+    frame.loc[1, "consensus"] = "maybe"
+    frame.loc[3, "majority"] = "plus+"
+    frame.loc[4, "image"] = "a.png"
+    frame.to_csv(run_dir / "labels.csv", index=False)
+    with pytest.raises(InputError) as info:
+        read_labels(run_dir / "labels.csv")
+    rows = {(p.row, p.problem.split(" ")[0]) for p in info.value.problems}
+    assert rows == {(2, "consensus"), (4, "majority"), (5, "image")}
+    frame.drop(columns=["suggested"]).to_csv(run_dir / "labels.csv", index=False)
+    with pytest.raises(InputError, match="missing column"):
+        export_labels(run_dir)
+
+
+def test_written_atomically_with_provenance(run_dir, store, tmp_path, monkeypatch):
+    _decide(store, run_dir, "d.png", "pre-plus")
+    out = tmp_path / "out" / "cleaned.csv"
+    frame = export_labels(run_dir, store=store, out=out)
+    back = pd.read_csv(out, keep_default_na=False)
+    assert list(back.columns) == schema.export_columns(CLASSES) and len(back) == len(frame) == 5
+    prov = json.loads(provenance_path(out).read_text())
+    assert prov["counts_by_source"] == {"consensus": 1, "review": 1, "model": 1, "majority": 2}
+    assert prov["method"] == "mslg" and prov["classes"] == CLASSES and prov["decisions_applied"] == 1
+    assert prov["labels_sha256"] == sha256_file(run_dir / "labels.csv")
+    assert prov["export_sha256"] == sha256_file(out) and prov["engine_version"] and prov["rule"]
+
+    def broken_to_csv(self, path, **kw):  # a crash half-way through writing
+        with open(path, "w") as fh:
+            fh.write("image,final_")
+        raise OSError("disk full")
+
+    monkeypatch.setattr(pd.DataFrame, "to_csv", broken_to_csv)
+    before = out.read_bytes()
+    with pytest.raises(OSError, match="disk full"):
+        export_labels(run_dir, store=store, out=out)
+    assert out.read_bytes() == before
+    assert sorted(p.name for p in out.parent.iterdir()) == ["cleaned.csv", "cleaned.csv.provenance.json"]
+
+
+def test_refuses_to_overwrite_labels_csv(run_dir):
+    with pytest.raises(InputError, match="overwrite the run's labels.csv"):
+        export_labels(run_dir, out=run_dir / "labels.csv")
+
+
+def test_cli(run_dir, store, tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(cli, "COMMANDS", {"export": "export"})  # only this command, whatever else is in progress
+    _decide(store, run_dir, "b.png", "normal")
+    out = tmp_path / "cleaned.csv"
+    assert cli.main(["export", str(run_dir), "--out", str(out), "--store", str(store.path)]) == 0
+    printed = capsys.readouterr().out
+    assert "wrote 5 rows" in printed and "review" in printed and out.exists()
+    assert cli.main(["export", str(tmp_path / "missing"), "--out", str(tmp_path / "x.csv")]) == EXIT_BAD_INPUT
+    assert not (tmp_path / "x.csv").exists()
