@@ -23,13 +23,16 @@ COMMANDS = {
 }
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(only: str | None = None) -> argparse.ArgumentParser:
+    """The parser; with `only`, just that command's module is imported (the others may pull in torch)."""
     parser = argparse.ArgumentParser(
         prog="python -m engine",
         description="Train image classifiers on noisily labelled medical images (ROP) and flag images to review.",
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name, module in COMMANDS.items():
+        if only is not None and name != only:
+            continue
         mod = importlib.import_module(f"engine.commands.{module}")
         p = sub.add_parser(name, help=mod.HELP, description=mod.HELP)
         mod.add_parser(p)
@@ -46,7 +49,9 @@ def print_problems(err: InputError, stream=None) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    argv = sys.argv[1:] if argv is None else list(argv)
+    first = next((a for a in argv if not a.startswith("-")), None)
+    args = build_parser(first if first in COMMANDS else None).parse_args(argv)
     try:
         return int(args._run(args) or 0)
     except InputError as err:

@@ -1,0 +1,61 @@
+"""`python -m engine run DATASET --out RUNDIR --method METHOD ...`: the full training pipeline."""
+
+from __future__ import annotations
+
+import dataclasses
+
+from engine.config import GROUPS, RunConfig, add_dataclass_args, build, collect_dataclass_args, load_yaml
+from engine.errors import InputError, Problem
+
+HELP = "train: DR pretraining -> warm-up -> label-noise method; writes soft labels, flags, metrics and a model"
+
+_TITLES = {"data": "data", "model": "model", "schedule": "schedule (ROP-study defaults)",
+           "pretrain": "DR pretraining", "flags": "flags", "runtime": "run"}
+
+
+def add_parser(p) -> None:
+    from engine.methods import get_method, list_methods
+
+    p.add_argument("dataset", nargs="?", default=None, help="dataset folder holding votes.csv")
+    p.add_argument("--config", default=None, help="YAML/JSON file with the same sections as config.json")
+    for name, cls in GROUPS.items():
+        add_dataclass_args(p, cls, title=_TITLES[name])
+    p.set_defaults(method_choices=list_methods())
+    for m in list_methods():
+        add_dataclass_args(p, get_method(m).config_cls, prefix=f"{m.replace('-', '_')}_", title=f"method {m}")
+
+
+def config_from_args(args) -> RunConfig:
+    """Defaults < --config file < command-line flags; unknown keys and flags for another method are errors."""
+    from engine.methods import get_method, list_methods
+
+    base = load_yaml(args.config) if args.config else {}
+    sections = {name: dict(base.get(name, {})) for name in GROUPS}
+    for name, cls in GROUPS.items():
+        sections[name].update(collect_dataclass_args(args, cls))
+    if args.dataset is not None:
+        sections["data"]["dataset"] = args.dataset
+    cfg = RunConfig.from_dict({**sections, "method_params": {}})
+    if not cfg.data.dataset:
+        raise InputError(Problem("DATASET", "no dataset folder given", "python -m engine run DATASET --out RUNDIR"))
+    method = cfg.runtime.method
+    method_cls = get_method(method)
+    params = dict(base.get("method_params", {}))
+    for other in list_methods():
+        given = collect_dataclass_args(args, get_method(other).config_cls, prefix=f"{other.replace('-', '_')}_")
+        if given and other != method:
+            flags = ", ".join(f"--{other}-{k.replace('_', '-')}" for k in given)
+            raise InputError(Problem(flags, f"applies to method '{other}', not '{method}'",
+                                     f"drop it or pass --method {other}"))
+        params.update(given)
+    resolved = dataclasses.asdict(build(method_cls.config_cls, params, where=f"method '{method}' parameters"))
+    return dataclasses.replace(cfg, method_params=resolved)
+
+
+def run(args) -> int:
+    from engine.pipeline import run as run_pipeline
+
+    cfg = config_from_args(args)
+    out = run_pipeline(cfg)
+    print(f"done: {out}/labels.csv, metrics.json, model.pt")
+    return 0

@@ -1,0 +1,113 @@
+"""`metalabelnet`: MetaLabelNet (Algan & Ulusoy; ../shared/papers/metalabelnet.md).
+
+Soft labels come from a single-layer perceptron (features × classes) over the features of a frozen clone of the
+warm-up network without its head. Per batch the same three steps as MSLG, with the SLP's weights as the meta
+parameters (updated with Adam on the meta-gradient) instead of per-image label variables. Since the label
+generator needs no training label, rows with role=unlabeled take part in the main phase.
+
+Choices where the paper is silent: the SLP starts as a copy of the warm-up network's head (so the first soft
+labels are the warm-up predictions), and the frozen extractor's features of every training image (plain and
+flipped) are computed once at the start, since the extractor never changes.
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+
+from engine.methods.base import Method, register
+from engine.methods.mslg import soft_label_meta_step
+from engine.models import features
+from engine.train.context import check_finite
+
+
+def _p(default, help):  # noqa: A002
+    return field(default=default, metadata={"help": help})
+
+
+@dataclass(frozen=True)
+class MetaLabelNetConfig:
+    alpha: float = _p(0.5, "learning rate of the virtual (look-ahead) step, as in MSLG")
+    beta: float = _p(1e-3, "Adam learning rate of the label network (paper: tuned per dataset; 1e-3 default)")
+    slp_weight_decay: float = _p(1e-4, "Adam weight decay of the label network")
+    entropy_weight: float = _p(1.0, "weight of the entropy loss in the real update (paper: 1)")
+
+
+@register
+class MetaLabelNet(Method):
+    name = "metalabelnet"
+    summary = "MetaLabelNet: a meta-learned perceptron on frozen features generates soft labels; uses unlabeled rows"
+    config_cls = MetaLabelNetConfig
+    uses_unlabeled = True
+
+    def start(self) -> None:
+        ctx = self.ctx
+        extractor = copy.deepcopy(ctx.model).eval()
+        for p in extractor.parameters():
+            p.requires_grad_(False)
+        self.slp = copy.deepcopy(ctx.model.get_classifier()).float().to(ctx.device)
+        if not isinstance(self.slp, nn.Linear):  # heads with pooling/dropout: fall back to a fresh linear layer
+            self.slp = nn.Linear(ctx.model.num_features, ctx.num_classes).to(ctx.device)
+        self.slp.requires_grad_(True)
+        self.feats = self._extract(extractor)  # (N, 2, F): plain and flipped
+        self.opt = torch.optim.Adam(self.slp.parameters(), lr=self.cfg.beta, weight_decay=self.cfg.slp_weight_decay)
+
+    @torch.no_grad()
+    def _extract(self, extractor) -> torch.Tensor:
+        ctx = self.ctx
+        out = []
+        for flip in (False, True):
+            chunks = []
+            with ctx.autocast():
+                for b in ctx.ordered(ctx.train, flip=flip):
+                    chunks.append(features(extractor, b.x).float())
+            out.append(torch.cat(chunks))
+        return torch.stack(out, 1)
+
+    def _batch_feats(self, b) -> torch.Tensor:
+        return self.feats[b.idx, b.flip.long()]
+
+    def train_epoch(self, epoch: int) -> dict:
+        ctx, cfg = self.ctx, self.cfg
+        ctx.model.train()
+        meta = ctx.meta_batches(epoch)
+        steps = ctx.steps_per_epoch(len(ctx.train))
+        sums = {"loss": 0.0, "meta_loss": 0.0}
+        n = 0
+        for step, b in enumerate(ctx.batches(epoch, labeled_only=False)):
+            fb = self._batch_feats(b)
+            surrogate, info, finish = soft_label_meta_step(
+                ctx, b, next(meta), lambda fb=fb: torch.softmax(self.slp(fb), 1), alpha=cfg.alpha,
+                entropy_weight=cfg.entropy_weight)
+            self.opt.zero_grad(set_to_none=True)
+            surrogate.backward()
+            self.opt.step()
+            with torch.no_grad():
+                new_targets = torch.softmax(self.slp(fb), 1)
+            check_finite(new_targets, "main", epoch, step, "label network output")
+            loss = finish(new_targets)
+            check_finite(loss, "main", epoch, step)
+            sums["loss"] += float(loss)
+            sums["meta_loss"] += info["meta_loss"]
+            n += 1
+            ctx.on_step({"stage": "main", "epoch": epoch, "step": step, "steps": steps, "loss": float(loss),
+                         "meta_loss": info["meta_loss"]})
+        return {k: v / max(n, 1) for k, v in sums.items()}
+
+    @torch.no_grad()
+    def soft_labels(self) -> torch.Tensor:
+        return torch.softmax(self.slp(self.feats[:, 0]), 1).float().cpu()
+
+    def state_dict(self) -> dict:
+        return {"slp": self.slp.state_dict(), "opt": self.opt.state_dict(), "feats": self.feats.cpu()}
+
+    def load_state_dict(self, state: dict) -> None:
+        ctx = self.ctx
+        self.slp = nn.Linear(state["feats"].shape[-1], ctx.num_classes).to(ctx.device)
+        self.slp.load_state_dict(state["slp"])
+        self.feats = state["feats"].to(ctx.device)
+        self.opt = torch.optim.Adam(self.slp.parameters(), lr=self.cfg.beta, weight_decay=self.cfg.slp_weight_decay)
+        self.opt.load_state_dict(state["opt"])

@@ -1,0 +1,502 @@
+"""A full run: read and check the dataset → split → (DR pretraining) → warm-up → method → outputs.
+
+`run(config)` is what `python -m engine run` and the app's training subprocess call. Everything is validated
+before any training starts; every output is written atomically; a checkpoint after each epoch makes a crash or
+Ctrl-C resumable with `--resume`, which on the CPU ends with the same soft labels as an uninterrupted run.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import platform
+import subprocess
+import sys
+import time
+import traceback
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+
+import engine
+from engine import atomic
+from engine import rundir as R
+from engine.config import RunConfig
+from engine.data import schema as S
+from engine.errors import InputError, Problem
+from engine.flags import flag_images
+from engine.methods import get_method
+from engine.train.context import NonFiniteLoss, TensorData, TrainContext, seed_everything
+from engine.train.loop import FitState, fit, restore_best
+
+# ---------------------------------------------------------------------------------------------------------------
+# validation
+
+
+def validate_config(cfg: RunConfig) -> None:
+    """Check options that need no data; collect every problem."""
+    p: list[Problem] = []
+    sch, rt = cfg.schedule, cfg.runtime
+    try:
+        get_method(rt.method)
+    except InputError as err:
+        p += err.problems
+    if not rt.out:
+        p.append(Problem("--out", "no run folder given", "pass --out RUNDIR"))
+    if sch.epochs < 1:
+        p.append(Problem("--epochs", f"must be >= 1, got {sch.epochs}"))
+    if sch.warmup_epochs < 0 or (sch.warmup_epochs >= sch.epochs and rt.method != "ce"):
+        p.append(Problem("--warmup-epochs", f"warm-up ({sch.warmup_epochs}) must be >= 0 and < --epochs ({sch.epochs})",
+                         "leave at least one epoch for the method's main phase"))
+    if sch.batch_size < 2:
+        p.append(Problem("--batch-size", f"must be >= 2 (batch statistics), got {sch.batch_size}"))
+    for name, value in (("--lr", sch.lr), ("--weight-decay", sch.weight_decay + 1e-30), ("--momentum", sch.momentum + 1e-30)):
+        if not (value > 0 and np.isfinite(value)):
+            p.append(Problem(name, f"must be positive, got {value}"))
+    if not 0 <= sch.momentum < 1:
+        p.append(Problem("--momentum", f"must be in [0, 1), got {sch.momentum}"))
+    try:
+        cfg.milestones()
+    except ValueError:
+        p.append(Problem("--lr-milestones", f"not a comma-separated list of epochs: {sch.lr_milestones!r}"))
+    if rt.device not in ("auto", "cpu", "cuda", "mps") and not rt.device.startswith("cuda:"):
+        p.append(Problem("--device", f"unknown device '{rt.device}'", "use auto, cpu, cuda or mps"))
+    if not 0 < cfg.flags.flag_uncertain <= 1:
+        p.append(Problem("--flag-uncertain", f"must be in (0, 1], got {cfg.flags.flag_uncertain}"))
+    if cfg.pretrain.pretrain and cfg.pretrain.pretrain_epochs < 1:
+        p.append(Problem("--pretrain-epochs", "must be >= 1 when --pretrain is given"))
+    p += _method_param_problems(cfg)
+    if p:
+        raise InputError(p)
+
+
+def _method_param_problems(cfg: RunConfig) -> list[Problem]:
+    """Range checks on the method's hyper-parameters: learning rates and weights must be finite and >= 0."""
+    out = []
+    for key, value in cfg.method_params.items():
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            continue
+        if not np.isfinite(value):
+            out.append(Problem(f"--{cfg.runtime.method}-{key.replace('_', '-')}", f"must be finite, got {value}"))
+        elif value < 0 and key not in ("forget_rate",):
+            out.append(Problem(f"--{cfg.runtime.method}-{key.replace('_', '-')}", f"must be >= 0, got {value}"))
+    return out
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise InputError(Problem("--device", "CUDA was requested but no GPU is available", "use --device cpu or auto"))
+    return torch.device(name)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# data
+
+
+@dataclasses.dataclass
+class PreparedData:
+    """The dataset as the run sees it: one row per image in votes.csv order, plus the role of each row."""
+
+    classes: list[str]
+    frame: pd.DataFrame  # image, role, votes, majority, tie, consensus, n_graders, agreement, _major_idx
+    paths: list[Path]
+    warnings: list
+
+
+def prepare_data(cfg: RunConfig) -> PreparedData:
+    """Read votes.csv (every problem at once), aggregate votes, and decide roles (roles file or a new split)."""
+    from engine.data.aggregate import aggregate
+    from engine.data.split import make_split, read_roles
+    from engine.data.votes import read_votes
+
+    table = read_votes(cfg.data.dataset, classes=cfg.class_list(), check_images=True)
+    agg = aggregate(table)
+    if cfg.data.roles:
+        roles = read_roles(cfg.data.roles, table)
+    else:
+        roles = make_split(table, agg, meta=cfg.data.meta, test=cfg.data.test, seed=cfg.runtime.seed)
+    frame = agg.copy()
+    frame[S.ROLE] = roles.to_numpy()
+    index = {c: k for k, c in enumerate(table.classes)}
+    frame["_major_idx"] = [index.get(m, -1) for m in frame[S.MAJORITY]]
+    data = PreparedData(list(table.classes), frame.reset_index(drop=True), table.image_paths(), list(table.warnings))
+    _check_roles(data, cfg)
+    return data
+
+
+def _check_roles(data: PreparedData, cfg: RunConfig) -> None:
+    f = data.frame
+    p: list[Problem] = []
+    meta = f[f[S.ROLE] == S.META]
+    where = cfg.data.roles or str(Path(cfg.data.dataset) / "votes.csv")
+    if meta.empty:
+        p.append(Problem(where, "the meta set is empty (no consensus image was assigned role=meta)",
+                         "grade more images so some are unanimous, or set role=meta on trusted images"))
+    else:
+        missing = [c for k, c in enumerate(data.classes) if not (meta["_major_idx"] == k).any()]
+        if missing:
+            p.append(Problem(where, f"class(es) {missing} have no meta image",
+                             "add consensus images of those classes to the meta set, or drop the classes"))
+    train = f[f[S.ROLE].isin([S.TRAIN, S.UNLABELED])]
+    if (train["_major_idx"] >= 0).sum() < 2:
+        p.append(Problem(where, "fewer than 2 labelled training images", "assign more images to role=train"))
+    if p:
+        raise InputError(p)
+
+
+def load_pixels(data: PreparedData, cfg: RunConfig, log=print) -> np.ndarray:
+    """All images (N, S, S, 3) uint8 through the decoded-image cache."""
+    from engine.data.cache import ImageCache
+
+    cache_dir = cfg.data.cache_dir or str(Path(cfg.data.dataset) / ".cache")
+    cache = ImageCache(cache_dir)
+    t0 = time.time()
+    pixels = cache.load_many(data.paths, cfg.data.image_size)
+    log(f"loaded {len(pixels)} images at {cfg.data.image_size}px in {time.time() - t0:.1f}s "
+        f"({cache.decode_count} decoded, the rest from the cache {cache_dir})")
+    return pixels
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# provenance
+
+
+def versions() -> dict:
+    import timm
+
+    out = {"engine": engine.__version__, "python": platform.python_version(), "torch": torch.__version__,
+           "timm": timm.__version__, "platform": platform.platform()}
+    for mod in ("numpy", "pandas", "sklearn", "pydicom"):
+        try:
+            out[mod] = __import__(mod).__version__
+        except Exception:  # pragma: no cover - optional
+            pass
+    return out
+
+
+def git_commit() -> str:
+    try:
+        root = Path(__file__).resolve().parent.parent
+        return subprocess.run(["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True, text=True,
+                              timeout=5).stdout.strip()
+    except Exception:
+        return ""
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# progress
+
+
+class Progress:
+    """Writes status.json, progress.jsonl and a tqdm bar from the training loop's callbacks."""
+
+    def __init__(self, rd: R.RunDir, cfg: RunConfig, steps_per_epoch: dict[str, int]):
+        self.rd, self.cfg, self.spe = rd, cfg, steps_per_epoch
+        self.t_start = time.time()
+        self.stage_time: dict[str, list[float]] = {}
+        self.bar = None
+        self.epoch, self.stage, self.t_epoch = 0, "", time.time()
+        self.last_write = 0.0
+
+    def epoch_start(self, epoch: int, stage: str) -> None:
+        from tqdm import tqdm
+
+        if self.bar:
+            self.bar.close()
+        self.epoch, self.stage, self.t_epoch = epoch, stage, time.time()
+        self.bar = tqdm(total=self.spe[stage], desc=f"{stage} {epoch + 1}/{self.cfg.schedule.epochs}",
+                        leave=False, disable=None, file=sys.stderr)
+
+    def eta(self, step: int, steps: int) -> float | None:
+        """Seconds left: measured seconds per step of each stage × the steps left in it (main ≈ 3× warm-up)."""
+        done = time.time() - self.t_epoch
+        rate = done / max(step + 1, 1)
+        sch = self.cfg.schedule
+        left_this = (steps - step - 1) * rate
+        rates = {s: (np.mean(v) if v else None) for s, v in self.stage_time.items()}
+        warm_rate = rates.get("warmup") or (rate if self.stage == "warmup" else rate / 3)
+        main_rate = rates.get("main") or (rate if self.stage == "main" else 3 * rate)
+        epochs_left = range(self.epoch + 1, sch.epochs)
+        rest = sum(self.spe["warmup"] * warm_rate if e < sch.warmup_epochs else self.spe["main"] * main_rate
+                   for e in epochs_left)
+        return left_this + rest
+
+    def step(self, rec: dict) -> None:
+        if self.bar:
+            self.bar.update(1)
+            if "loss" in rec:
+                self.bar.set_postfix(loss=f"{rec['loss']:.3f}")
+        now = time.time()
+        steps = rec.get("steps", 1)
+        eta = self.eta(rec.get("step", 0), steps)
+        record = {**rec, "of": self.cfg.schedule.epochs, "eta_s": eta}
+        self.rd.progress(record)
+        if now - self.last_write > 0.5 or rec.get("step", 0) + 1 == steps:
+            self.last_write = now
+            self.rd.write_status("running", stage=rec["stage"], epoch=rec["epoch"] + 1, of=self.cfg.schedule.epochs,
+                                 step=rec["step"] + 1, steps=steps, eta_s=eta, pid=_pid(),
+                                 elapsed_s=now - self.t_start)
+
+    def epoch_end(self, state: FitState) -> None:
+        rec = state.history[-1]
+        self.stage_time.setdefault(rec["stage"], []).append(rec["seconds"] / max(self.spe[rec["stage"]], 1))
+        self.rd.progress({"stage": rec["stage"], "epoch": rec["epoch"], "event": "epoch_end",
+                          **{k: v for k, v in rec.items() if k not in ("stage", "epoch")}})
+        meta = rec.get("meta_acc")
+        self.rd.log(f"epoch {rec['epoch'] + 1}/{self.cfg.schedule.epochs} [{rec['stage']}] loss {rec.get('loss', 0):.4f} "
+                    f"meta acc {meta:.3f}" + (f" test acc {rec['test_acc']:.3f}" if rec.get("test_acc") is not None else ""))
+
+    def close(self):
+        if self.bar:
+            self.bar.close()
+
+
+def _pid() -> int:
+    import os
+
+    return os.getpid()
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# the run
+
+
+def run(cfg: RunConfig) -> Path:
+    """Execute a run into `cfg.runtime.out`; returns the run folder. Raises InputError before training on bad input."""
+    validate_config(cfg)
+    out = Path(cfg.runtime.out)
+    rd = R.RunDir(out)
+    ckpt_path = rd.path(R.CHECKPOINT)
+    if cfg.runtime.resume:
+        if not ckpt_path.is_file():
+            raise InputError(Problem(str(out), "nothing to resume: no checkpoint.pt in the run folder",
+                                     "start a new run without --resume"))
+        _check_resume_config(rd, cfg)
+    elif out.exists() and any(out.iterdir()):
+        raise InputError(Problem(str(out), "run folder exists and is not empty",
+                                 "choose another --out, or add --resume to continue an interrupted run"))
+    data = prepare_data(cfg)
+    device = resolve_device(cfg.runtime.device)
+    model = _create_model(cfg, len(data.classes))  # checks backbone and weights before anything is written
+    _check_image_size(model, cfg)
+
+    out.mkdir(parents=True, exist_ok=True)
+    rd.write_status("running", stage="setup", epoch=0, of=cfg.schedule.epochs, pid=_pid(), message="")
+    resolved = {**cfg.to_dict(), "versions": versions(), "git_commit": git_commit(), "classes": data.classes,
+                "device": str(device)}
+    atomic.write_json(rd.path(R.CONFIG), resolved)
+    atomic.write_csv(rd.path(R.ROLES), data.frame[[S.IMAGE, S.ROLE]])
+    rd.log(f"run {cfg.runtime.method} on {cfg.data.dataset} ({len(data.frame)} images, classes {data.classes}) "
+           f"device {device}")
+    for w in data.warnings:
+        rd.log(f"warning: {w}")
+    t0 = time.time()
+    try:
+        pixels = load_pixels(data, cfg, log=rd.log)
+        if cfg.pretrain.pretrain and not cfg.runtime.resume:
+            model = _pretrain(cfg, rd, device, len(data.classes))
+        result = _train(cfg, rd, data, pixels, model, device)
+        _write_outputs(cfg, rd, data, result, device, time.time() - t0)
+    except KeyboardInterrupt:
+        rd.log("interrupted: the last finished epoch is in checkpoint.pt; continue with --resume")
+        rd.write_status("cancelled", message="interrupted; continue with --resume", pid=_pid())
+        raise
+    except NonFiniteLoss as err:
+        rd.log(f"failed: {err}")
+        rd.write_status("failed", message=str(err), pid=_pid())
+        raise InputError(Problem("training", str(err))) from None
+    except torch.cuda.OutOfMemoryError:
+        msg = (f"the GPU ran out of memory at batch size {cfg.schedule.batch_size}; "
+               "try a smaller --batch-size or --image-size (the last finished epoch is kept; use --resume)")
+        rd.log("failed: " + msg)
+        rd.write_status("failed", message=msg, pid=_pid())
+        raise InputError(Problem("training", msg)) from None
+    except Exception as err:
+        rd.log("failed:\n" + traceback.format_exc())
+        rd.write_status("failed", message=f"{type(err).__name__}: {err}", pid=_pid())
+        raise
+    rd.write_status("done", stage="done", epoch=cfg.schedule.epochs, of=cfg.schedule.epochs, pid=_pid(),
+                    elapsed_s=time.time() - t0)
+    rd.log(f"done in {time.time() - t0:.1f}s")
+    return out
+
+
+def _check_resume_config(rd: R.RunDir, cfg: RunConfig) -> None:
+    try:
+        old = json.loads(rd.path(R.CONFIG).read_text(encoding="utf-8"))
+    except (FileNotFoundError, ValueError):
+        return
+    new = cfg.to_dict()
+    diffs = [f"{sec}.{k}" for sec in new if isinstance(new[sec], dict) and isinstance(old.get(sec), dict)
+             for k in new[sec] if k not in ("resume",) and old[sec].get(k) != new[sec][k]]
+    if diffs:
+        raise InputError(Problem(str(rd.path(R.CONFIG)), f"--resume with different settings: {', '.join(diffs)}",
+                                 "resume with the same options as the interrupted run"))
+
+
+def _create_model(cfg: RunConfig, num_classes: int):
+    from engine.models import create_model
+
+    return create_model(cfg.model.backbone, num_classes, weights=cfg.model.weights, pretrained=cfg.model.pretrained)
+
+
+def _check_image_size(model, cfg: RunConfig) -> None:
+    from engine.models import min_input_size
+
+    need = min_input_size(model)
+    if cfg.data.image_size < need:
+        raise InputError(Problem("--image-size", f"{cfg.data.image_size}px is too small for {cfg.model.backbone} "
+                                 f"(it downsamples by {need})", f"use --image-size {need} or larger"))
+
+
+def _pretrain(cfg: RunConfig, rd: R.RunDir, device: torch.device, num_classes: int):
+    """DR pretraining: train the backbone on the auxiliary dataset, save it, then put a fresh task head on it."""
+    from engine.data.aux import load_aux
+    from engine.data.cache import ImageCache
+    from engine.models import create_model, load_weights, normalisation
+
+    paths, labels, aux_classes = load_aux(cfg.pretrain.pretrain)
+    rd.log(f"DR pretraining on {cfg.pretrain.pretrain}: {len(paths)} images, classes {aux_classes}")
+    pixels = ImageCache(cfg.data.cache_dir or str(Path(cfg.data.dataset) / ".cache")).load_many(paths, cfg.data.image_size)
+    aux_model = create_model(cfg.model.backbone, len(aux_classes), weights=cfg.model.weights,
+                             pretrained=cfg.model.pretrained)
+    mean, std = normalisation(aux_model)
+    data = TensorData(pixels, labels)
+    ctx = TrainContext(aux_model, len(aux_classes), data, data, mean, std, device=device,
+                       batch_size=cfg.schedule.batch_size, seed=cfg.runtime.seed, epochs=cfg.pretrain.pretrain_epochs,
+                       warmup_epochs=cfg.pretrain.pretrain_epochs, lr=cfg.schedule.lr, milestones=(),
+                       momentum=cfg.schedule.momentum, weight_decay=cfg.schedule.weight_decay, amp=cfg.runtime.amp,
+                       max_steps=cfg.runtime.max_steps)
+    from engine.train.steps import ce_epoch
+
+    steps = ctx.steps_per_epoch()
+    for epoch in range(cfg.pretrain.pretrain_epochs):
+        seed_everything(cfg.runtime.seed + 10_000 + epoch)
+        stats = ce_epoch(ctx, epoch, stage="pretrain")
+        rd.progress({"stage": "pretrain", "epoch": epoch, "step": steps - 1, "steps": steps, **stats,
+                     "of": cfg.pretrain.pretrain_epochs, "event": "epoch_end"})
+        rd.log(f"pretrain epoch {epoch + 1}/{cfg.pretrain.pretrain_epochs} loss {stats['loss']:.4f} "
+               f"aux train acc {ctx.accuracy(data):.3f}")
+    atomic.torch_save(rd.path(R.PRETRAIN), {"backbone": cfg.model.backbone, "classes": aux_classes,
+                                            "state_dict": {k: v.cpu() for k, v in aux_model.state_dict().items()}})
+    model = create_model(cfg.model.backbone, num_classes)
+    load_weights(model, rd.path(R.PRETRAIN))  # backbone weights; the task head stays freshly initialised
+    return model
+
+
+def _tensors(data: PreparedData, pixels: np.ndarray, roles: tuple[str, ...]) -> tuple[TensorData, np.ndarray]:
+    rows = np.flatnonzero(data.frame[S.ROLE].isin(roles).to_numpy())
+    return TensorData(pixels[rows], data.frame["_major_idx"].to_numpy()[rows]), rows
+
+
+def _train(cfg: RunConfig, rd: R.RunDir, data: PreparedData, pixels: np.ndarray, model, device):
+    from engine.models import normalisation
+
+    method_cls = get_method(cfg.runtime.method)
+    train, train_rows = _tensors(data, pixels, (S.TRAIN, S.UNLABELED))
+    meta, meta_rows = _tensors(data, pixels, (S.META,))
+    test, test_rows = _tensors(data, pixels, (S.TEST,))
+    seed_everything(cfg.runtime.seed)
+    mean, std = normalisation(model)
+    sch = cfg.schedule
+    ctx = TrainContext(model, len(data.classes), train, meta, mean, std, device=device, batch_size=sch.batch_size,
+                       seed=cfg.runtime.seed, epochs=sch.epochs, warmup_epochs=min(sch.warmup_epochs, sch.epochs),
+                       lr=sch.lr, milestones=tuple(cfg.milestones()), momentum=sch.momentum,
+                       weight_decay=sch.weight_decay, amp=cfg.runtime.amp, max_steps=cfg.runtime.max_steps,
+                       test=test if len(test) else None)
+    ctx.train_consensus = torch.as_tensor(data.frame[S.CONSENSUS].to_numpy()[train_rows].astype(bool))
+    method_cfg = method_cls.config_cls(**cfg.method_params)
+    method = method_cls(method_cfg, ctx)
+    n_labeled = int((train.targets >= 0).sum())
+    spe = {"warmup": ctx.steps_per_epoch(),
+           "main": ctx.steps_per_epoch(len(train) if method_cls.uses_unlabeled else n_labeled)}
+    progress = Progress(rd, cfg, spe)
+    ctx.on_step = progress.step
+    state = None
+    if cfg.runtime.resume:
+        ck = torch.load(rd.path(R.CHECKPOINT), map_location="cpu", weights_only=False)
+        ctx.model.load_state_dict(ck["model"])
+        ctx.optimizer.load_state_dict(ck["optimizer"])
+        state = FitState.from_dict(ck["fit"])
+        if state.started:
+            method.load_state_dict(ck["method"])
+        rd.log(f"resumed after epoch {state.epoch + 1}")
+
+    def save(st: FitState) -> None:
+        progress.epoch_end(st)
+        atomic.torch_save(rd.path(R.CHECKPOINT), {
+            "model": ctx.model.state_dict(), "optimizer": ctx.optimizer.state_dict(),
+            "method": method.state_dict() if st.started else {}, "fit": st.to_dict(), "config": cfg.to_dict()})
+
+    try:
+        state = fit(ctx, method, state=state, on_epoch_end=save, on_epoch_start=progress.epoch_start)
+    finally:
+        progress.close()
+    best = restore_best(ctx, method, state)
+    return {"ctx": ctx, "state": state, "model": best, "rows": (train_rows, meta_rows, test_rows),
+            "method": method_cls, "method_cfg": method_cfg}
+
+
+def _write_outputs(cfg: RunConfig, rd: R.RunDir, data: PreparedData, result: dict, device, wall: float) -> None:
+    from engine.models import normalisation
+
+    ctx, state, model = result["ctx"], result["state"], result["model"]
+    train_rows, meta_rows, test_rows = result["rows"]
+    classes = data.classes
+    probs = np.zeros((len(data.frame), len(classes)))
+    probs[train_rows] = state.best_soft_labels.numpy()
+    if len(meta_rows):
+        probs[meta_rows] = ctx.predict(ctx.meta, model).numpy()
+    if len(test_rows):
+        probs[test_rows] = ctx.predict(ctx.test, model).numpy()
+    scores = None
+    if state.best_flag_scores is not None:  # the method's own ranking for training rows; default rule elsewhere
+        scores = 1.0 - probs[np.arange(len(probs)), np.clip(data.frame["_major_idx"].to_numpy(), 0, None)]
+        scores[train_rows] = state.best_flag_scores
+    f = data.frame
+    flags = flag_images(probs, f["_major_idx"].to_numpy(), consensus=f[S.CONSENSUS].to_numpy(bool),
+                        tie=f[S.TIE].to_numpy(bool), classes=classes, uncertain=cfg.flags.flag_uncertain,
+                        scores=scores)
+    labels = pd.DataFrame({S.IMAGE: f[S.IMAGE], S.ROLE: f[S.ROLE], S.VOTES: f[S.VOTES], S.MAJORITY: f[S.MAJORITY],
+                           S.CONSENSUS: f[S.CONSENSUS].astype(bool)})
+    for k, c in enumerate(classes):
+        labels[S.prob_col(c)] = probs[:, k].round(6)
+    labels = pd.concat([labels, flags], axis=1)[S.labels_columns(classes)]
+    atomic.write_csv(rd.path(R.LABELS), labels)
+
+    best = next((h for h in state.history if h["epoch"] == state.best_epoch), {})
+    train_labeled = f.loc[train_rows, "_major_idx"].to_numpy() >= 0
+    soft_major = probs[train_rows].argmax(1)[train_labeled] == f.loc[train_rows, "_major_idx"].to_numpy()[train_labeled]
+    metrics = {
+        "method": cfg.runtime.method,
+        "method_params": dataclasses.asdict(result["method_cfg"]),
+        "classes": classes,
+        "best_epoch": state.best_epoch + 1,
+        "meta_acc": state.best_meta_acc,
+        "test_acc": best.get("test_acc"),
+        "train_acc_majority": best.get("train_acc_majority"),
+        "soft_label_agreement_with_majority": float(soft_major.mean()) if soft_major.size else None,
+        "n_images": int(len(f)),
+        "n_by_role": {r: int((f[S.ROLE] == r).sum()) for r in S.ROLES},
+        "n_flagged": int(flags["flag"].sum()),
+        "history": state.history,
+        "wall_time_s": wall,
+        "device": str(device),
+        "note": "model selected by meta-set accuracy; test accuracy is reported only",
+    }
+    atomic.write_json(rd.path(R.METRICS), metrics)
+    mean, std = normalisation(model)
+    atomic.torch_save(rd.path(R.MODEL), {
+        "format": 1, "backbone": cfg.model.backbone, "classes": classes, "image_size": cfg.data.image_size,
+        "mean": list(mean), "std": list(std), "state_dict": {k: v.cpu() for k, v in model.state_dict().items()},
+        "method": cfg.runtime.method, "engine_version": engine.__version__, "trained_on": str(cfg.data.dataset)})
+    rd.log(f"wrote labels.csv ({int(flags['flag'].sum())} flagged), metrics.json (meta acc {state.best_meta_acc:.3f}"
+           + (f", test acc {best['test_acc']:.3f}" if best.get("test_acc") is not None else "") + "), model.pt")

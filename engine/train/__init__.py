@@ -1,0 +1,1 @@
+"""Training machinery shared by all methods: tensors in memory, seeded batches, the epoch loop."""

@@ -1,0 +1,205 @@
+"""Everything a method needs to train: model, optimiser, seeded batches of in-memory images, AMP, progress.
+
+Images live in memory as one uint8 tensor (N, C, H, W) (decoded once through the image cache), on the GPU when
+there is one, so a batch is an index into it: no DataLoader workers, no per-item Python. Shuffling and flips are
+drawn from a generator seeded by (seed, epoch), so a resumed run sees exactly the same batches.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import random
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import NamedTuple
+
+import numpy as np
+import torch
+from torch import nn
+
+
+class TensorData:
+    """Images (N, C, H, W) uint8 and integer targets (N,) (-1 = no label), kept on one device."""
+
+    def __init__(self, images: torch.Tensor | np.ndarray, targets: torch.Tensor | np.ndarray):
+        images = torch.as_tensor(images)
+        if images.ndim == 4 and images.shape[-1] in (1, 3) and images.shape[1] not in (1, 3):
+            images = images.permute(0, 3, 1, 2)  # (N, H, W, C) -> (N, C, H, W)
+        self.images = images.contiguous()
+        self.targets = torch.as_tensor(targets, dtype=torch.long)
+        assert len(self.images) == len(self.targets)
+
+    def __len__(self) -> int:
+        return len(self.targets)
+
+    def to(self, device) -> TensorData:
+        return TensorData(self.images.to(device), self.targets.to(device))
+
+
+class Batch(NamedTuple):
+    x: torch.Tensor  # (B, C, H, W) float, normalised
+    y: torch.Tensor  # (B,) long, -1 = unlabeled
+    idx: torch.Tensor  # (B,) long, sample index into the TensorData
+    flip: torch.Tensor  # (B,) bool, which images were flipped horizontally
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % (2**32))
+    torch.manual_seed(seed)
+
+
+def epoch_seed(seed: int, epoch: int, stream: int = 0) -> int:
+    return (seed * 1_000_003 + epoch * 7919 + stream * 104_729) % (2**31)
+
+
+@dataclass
+class TrainContext:
+    """Shared training state. `optimizer` is SGD over all model parameters (papers' base-classifier setting)."""
+
+    model: nn.Module
+    num_classes: int
+    train: TensorData
+    meta: TensorData
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
+    batch_size: int = 16
+    seed: int = 0
+    epochs: int = 30
+    warmup_epochs: int = 10
+    lr: float = 1e-3
+    milestones: tuple[int, ...] = (10, 20)
+    momentum: float = 0.9
+    weight_decay: float = 1e-4
+    amp: bool = True
+    max_steps: int = 0  # 0 = whole epochs
+    flip: bool = True  # random horizontal flip (the papers' augmentation)
+    on_step: Callable[[dict], None] = lambda record: None
+    optimizer: torch.optim.Optimizer | None = None
+    test: TensorData | None = None  # reported only, never used for training or model selection
+
+    def __post_init__(self):
+        self.device = torch.device(self.device)
+        self.model.to(self.device)
+        if self.device.type == "cuda":
+            self.model.to(memory_format=torch.channels_last)
+        self.train = self.train.to(self.device)
+        self.meta = self.meta.to(self.device)
+        if self.test is not None:
+            self.test = self.test.to(self.device)
+        self._mean = torch.tensor(self.mean, device=self.device).view(1, -1, 1, 1)
+        self._std = torch.tensor(self.std, device=self.device).view(1, -1, 1, 1)
+        if self.optimizer is None:
+            self.optimizer = self.make_sgd(self.model)
+
+    # --- optimisation -------------------------------------------------------------------------------------
+    def make_sgd(self, model: nn.Module) -> torch.optim.SGD:
+        return torch.optim.SGD(model.parameters(), lr=self.lr, momentum=self.momentum,
+                               weight_decay=self.weight_decay)
+
+    def lr_at(self, epoch: int) -> float:
+        """Step schedule: divide by 10 at each milestone (ROP study: 1e-3 -> 1e-4 -> 1e-5 at epochs 10, 20)."""
+        return self.lr * (0.1 ** sum(epoch >= m for m in self.milestones))
+
+    def set_lr(self, epoch: int, optimizer: torch.optim.Optimizer | None = None) -> float:
+        lr = self.lr_at(epoch)
+        for group in (optimizer or self.optimizer).param_groups:
+            group["lr"] = lr
+        return lr
+
+    def autocast(self):
+        """bf16 autocast on CUDA when enabled and supported; a no-op elsewhere."""
+        if self.amp and self.device.type == "cuda" and torch.cuda.is_bf16_supported():
+            return torch.autocast("cuda", dtype=torch.bfloat16)
+        return contextlib.nullcontext()
+
+    # --- data ---------------------------------------------------------------------------------------------
+    def prepare(self, images_u8: torch.Tensor, flip: torch.Tensor | None = None) -> torch.Tensor:
+        """uint8 (B, C, H, W) -> normalised float, flipped where `flip` is True."""
+        x = images_u8.float().div_(255.0)
+        if flip is not None and bool(flip.any()):
+            x = torch.where(flip.view(-1, 1, 1, 1), x.flip(-1), x)
+        x = (x - self._mean) / self._std
+        if self.device.type == "cuda":
+            x = x.contiguous(memory_format=torch.channels_last)
+        return x
+
+    def batches(self, epoch: int, *, data: TensorData | None = None, labeled_only: bool = True,
+                stream: int = 0, augment: bool = True) -> Iterator[Batch]:
+        """Shuffled batches for one epoch, seeded by (seed, epoch, stream); stops early at `max_steps`."""
+        data = data or self.train
+        gen = torch.Generator().manual_seed(epoch_seed(self.seed, epoch, stream))
+        pool = torch.arange(len(data))
+        if labeled_only:
+            pool = pool[(data.targets >= 0).cpu()]
+        order = pool[torch.randperm(len(pool), generator=gen)]
+        flips = (torch.rand(len(data), generator=gen) < 0.5) if (self.flip and augment) else torch.zeros(
+            len(data), dtype=torch.bool)
+        n_steps = self.steps_per_epoch(len(order))
+        for step in range(n_steps):
+            idx = order[step * self.batch_size:(step + 1) * self.batch_size]
+            dev_idx = idx.to(self.device)
+            flip = flips[idx].to(self.device)
+            yield Batch(self.prepare(data.images[dev_idx], flip), data.targets[dev_idx], dev_idx, flip)
+
+    def steps_per_epoch(self, n: int | None = None) -> int:
+        n = int((self.train.targets >= 0).sum()) if n is None else n
+        steps = max(1, -(-n // self.batch_size))
+        return min(steps, self.max_steps) if self.max_steps else steps
+
+    def meta_batches(self, epoch: int, *, stream: int = 1) -> Iterator[Batch]:
+        """An endless stream of meta batches (reshuffled every pass), seeded by (seed, epoch)."""
+        n = 0
+        saved, self.max_steps = self.max_steps, 0
+        try:
+            while True:
+                yield from self.batches(epoch * 1000 + n, data=self.meta, stream=stream)
+                n += 1
+        finally:
+            self.max_steps = saved
+
+    def ordered(self, data: TensorData, *, batch_size: int = 256, flip: bool = False) -> Iterator[Batch]:
+        """All samples in index order, no augmentation (for evaluation and feature extraction)."""
+        for start in range(0, len(data), batch_size):
+            idx = torch.arange(start, min(start + batch_size, len(data)), device=self.device)
+            f = torch.full((len(idx),), flip, dtype=torch.bool, device=self.device)
+            yield Batch(self.prepare(data.images[idx], f), data.targets[idx], idx, f)
+
+    # --- evaluation ---------------------------------------------------------------------------------------
+    @torch.no_grad()
+    def predict(self, data: TensorData, model: nn.Module | None = None) -> torch.Tensor:
+        """Softmax probabilities (N, K) in eval mode, on the CPU."""
+        model = model or self.model
+        was_training = model.training
+        model.eval()
+        out = []
+        with self.autocast():
+            for b in self.ordered(data):
+                out.append(torch.softmax(model(b.x).float(), dim=1).cpu())
+        model.train(was_training)
+        return torch.cat(out) if out else torch.zeros(0, self.num_classes)
+
+    def predict_train(self, model: nn.Module | None = None) -> torch.Tensor:
+        return self.predict(self.train, model)
+
+    def accuracy(self, data: TensorData, model: nn.Module | None = None) -> float:
+        labeled = (data.targets >= 0).cpu()
+        if not bool(labeled.any()):
+            return float("nan")
+        pred = self.predict(data, model).argmax(1)
+        return float((pred[labeled] == data.targets.cpu()[labeled]).float().mean())
+
+
+class NonFiniteLoss(RuntimeError):
+    """Raised when a loss becomes NaN/inf; the pipeline keeps the last good checkpoint."""
+
+    def __init__(self, stage: str, epoch: int, step: int, name: str = "loss"):
+        self.stage, self.epoch, self.step = stage, epoch, step
+        super().__init__(f"{name} became NaN/inf at {stage} epoch {epoch + 1}, step {step + 1}; "
+                         "try a smaller --lr (or label learning rate) — the last good checkpoint was kept")
+
+
+def check_finite(loss: torch.Tensor, stage: str, epoch: int, step: int, name: str = "loss") -> None:
+    if not torch.isfinite(loss).all():
+        raise NonFiniteLoss(stage, epoch, step, name)

@@ -1,0 +1,40 @@
+"""Single training steps shared by methods (pure over a context): cross-entropy on hard labels."""
+
+from __future__ import annotations
+
+import torch
+
+from engine.losses import cross_entropy
+from engine.train.context import Batch, TrainContext, check_finite
+
+
+def ce_epoch(ctx: TrainContext, epoch: int, *, stage: str, model=None, optimizer=None,
+             batches=None, loss_fn=cross_entropy, clip: float = 0.0) -> dict:
+    """One epoch of `loss_fn(logits, y)` on labelled training rows; returns {"loss": mean}. Used by warm-up and `ce`."""
+    model = model or ctx.model
+    optimizer = optimizer or ctx.optimizer
+    model.train()
+    total, n = 0.0, 0
+    batches = batches if batches is not None else ctx.batches(epoch)
+    steps = ctx.steps_per_epoch()
+    for step, b in enumerate(batches):
+        loss = hard_label_step(ctx, model, optimizer, b, loss_fn=loss_fn, clip=clip)
+        check_finite(loss, stage, epoch, step)
+        total += float(loss) * len(b.y)
+        n += len(b.y)
+        ctx.on_step({"stage": stage, "epoch": epoch, "step": step, "steps": steps, "loss": float(loss)})
+    return {"loss": total / max(n, 1)}
+
+
+def hard_label_step(ctx: TrainContext, model, optimizer, b: Batch, *, loss_fn=cross_entropy,
+                    clip: float = 0.0) -> torch.Tensor:
+    """Forward, loss on hard labels, backward, (optional grad-norm clip), SGD step. Returns the detached loss."""
+    with ctx.autocast():
+        logits = model(b.x)
+    loss = loss_fn(logits, b.y)
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    if clip:
+        torch.nn.utils.clip_grad_norm_(model.parameters(), clip)
+    optimizer.step()
+    return loss.detach()

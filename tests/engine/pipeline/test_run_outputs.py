@@ -1,0 +1,72 @@
+"""Every registered method runs end-to-end on tiny data and writes the contract outputs."""
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from engine.cli import main
+from engine.data import schema as S
+from engine.methods import list_methods
+
+from tests.engine.pipeline.tinydata import CLASSES, run_args
+
+
+@pytest.fixture(scope="module")
+def runs(tiny_dataset, tmp_path_factory):
+    """One run per method, shared by the assertions below."""
+    out = {}
+    for m in list_methods():
+        rd = tmp_path_factory.mktemp("runs") / m
+        assert main(run_args(tiny_dataset, rd, m)) == 0, m
+        out[m] = rd
+    return out
+
+
+@pytest.mark.parametrize("method", list_methods())
+def test_labels_csv_contract(runs, tiny_dataset, method):
+    labels = pd.read_csv(runs[method] / "labels.csv", keep_default_na=False)
+    votes = pd.read_csv(tiny_dataset / "votes.csv")
+    assert list(labels.columns) == S.labels_columns(CLASSES)
+    assert sorted(labels[S.IMAGE]) == sorted(votes["image"])  # every image exactly once
+    probs = labels[S.prob_cols(CLASSES)].to_numpy(float)
+    np.testing.assert_allclose(probs.sum(1), 1.0, atol=1e-4)
+    assert (probs >= 0).all()
+    assert list(labels[S.SUGGESTED]) == [CLASSES[k] for k in probs.argmax(1)]
+    np.testing.assert_allclose(labels[S.CONFIDENCE], probs.max(1), atol=1e-5)
+    flagged = labels[S.FLAG] == 1
+    assert (labels.loc[flagged, S.FLAG_REASON] != "").all()
+    assert (labels.loc[~flagged, S.FLAG_REASON] == "").all()
+    disagree = labels[S.SUGGESTED] != labels[S.MAJORITY]
+    assert flagged[disagree].all()  # rule 1: a suggestion different from the majority is always flagged
+    assert set(labels[S.ROLE]) <= set(S.ROLES) and {S.META, S.TEST, S.TRAIN} <= set(labels[S.ROLE])
+    assert labels.loc[labels[S.ROLE].isin([S.META, S.TEST]), S.CONSENSUS].astype(str).isin(["True"]).all()
+
+
+@pytest.mark.parametrize("method", list_methods())
+def test_metrics_config_status_model(runs, method):
+    rd = runs[method]
+    metrics = json.loads((rd / "metrics.json").read_text())
+    assert metrics["method"] == method
+    assert 0 <= metrics["meta_acc"] <= 1 and 0 <= metrics["test_acc"] <= 1
+    assert len(metrics["history"]) == 3 and 1 <= metrics["best_epoch"] <= 3
+    assert metrics["best_epoch"] >= 2  # selection only among main-phase epochs (warm-up is epoch 1)
+    config = json.loads((rd / "config.json").read_text())
+    assert config["runtime"]["method"] == method and config["versions"]["torch"] == torch.__version__
+    assert config["classes"] == CLASSES
+    status = json.loads((rd / "status.json").read_text())
+    assert status["state"] == "done"
+    records = [json.loads(line) for line in (rd / "progress.jsonl").read_text().splitlines()]
+    assert {r["stage"] for r in records} == {"warmup", "main"}
+    assert all(r["eta_s"] >= 0 for r in records if "eta_s" in r)
+    blob = torch.load(rd / "model.pt", weights_only=False)
+    assert blob["classes"] == CLASSES and blob["backbone"] == "test_resnet" and blob["image_size"] == 32
+
+
+def test_no_patient_fields_in_any_output(runs):
+    for rd in runs.values():
+        for f in rd.iterdir():
+            data = f.read_bytes()
+            assert b"SECRET" not in data and b"ID-12345" not in data, f
