@@ -342,9 +342,11 @@ def _check_resume_config(rd: R.RunDir, cfg: RunConfig) -> None:
                                  "resume with the same options as the interrupted run"))
 
 
-def _create_model(cfg: RunConfig, num_classes: int):
+def _create_model(cfg: RunConfig, num_classes: int, *, stream: int = 0):
+    """The backbone with a fresh head; initialisation seeded by (seed, stream) so runs are reproducible."""
     from engine.models import create_model
 
+    seed_everything(cfg.runtime.seed * 1000 + stream)
     return create_model(cfg.model.backbone, num_classes, weights=cfg.model.weights, pretrained=cfg.model.pretrained)
 
 
@@ -361,13 +363,12 @@ def _pretrain(cfg: RunConfig, rd: R.RunDir, device: torch.device, num_classes: i
     """DR pretraining: train the backbone on the auxiliary dataset, save it, then put a fresh task head on it."""
     from engine.data.aux import load_aux
     from engine.data.cache import ImageCache
-    from engine.models import create_model, load_weights, normalisation
+    from engine.models import load_weights, normalisation
 
     paths, labels, aux_classes = load_aux(cfg.pretrain.pretrain)
     rd.log(f"DR pretraining on {cfg.pretrain.pretrain}: {len(paths)} images, classes {aux_classes}")
     pixels = ImageCache(cfg.data.cache_dir or str(Path(cfg.data.dataset) / ".cache")).load_many(paths, cfg.data.image_size)
-    aux_model = create_model(cfg.model.backbone, len(aux_classes), weights=cfg.model.weights,
-                             pretrained=cfg.model.pretrained)
+    aux_model = _create_model(cfg, len(aux_classes), stream=1)
     mean, std = normalisation(aux_model)
     data = TensorData(pixels, labels)
     ctx = TrainContext(aux_model, len(aux_classes), data, data, mean, std, device=device,
@@ -387,7 +388,7 @@ def _pretrain(cfg: RunConfig, rd: R.RunDir, device: torch.device, num_classes: i
                f"aux train acc {ctx.accuracy(data):.3f}")
     atomic.torch_save(rd.path(R.PRETRAIN), {"backbone": cfg.model.backbone, "classes": aux_classes,
                                             "state_dict": {k: v.cpu() for k, v in aux_model.state_dict().items()}})
-    model = create_model(cfg.model.backbone, num_classes)
+    model = _create_model(cfg, num_classes, stream=2)
     load_weights(model, rd.path(R.PRETRAIN))  # backbone weights; the task head stays freshly initialised
     return model
 
@@ -404,7 +405,6 @@ def _train(cfg: RunConfig, rd: R.RunDir, data: PreparedData, pixels: np.ndarray,
     train, train_rows = _tensors(data, pixels, (S.TRAIN, S.UNLABELED))
     meta, meta_rows = _tensors(data, pixels, (S.META,))
     test, test_rows = _tensors(data, pixels, (S.TEST,))
-    seed_everything(cfg.runtime.seed)
     mean, std = normalisation(model)
     sch = cfg.schedule
     ctx = TrainContext(model, len(data.classes), train, meta, mean, std, device=device, batch_size=sch.batch_size,
