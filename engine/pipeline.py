@@ -47,7 +47,7 @@ def validate_config(cfg: RunConfig) -> None:
         p.append(Problem("--out", "no run folder given", "pass --out RUNDIR"))
     if sch.epochs < 1:
         p.append(Problem("--epochs", f"must be >= 1, got {sch.epochs}"))
-    if sch.warmup_epochs < 0 or (sch.warmup_epochs >= sch.epochs and rt.method != "ce"):
+    if sch.warmup_epochs < 0 or sch.warmup_epochs >= sch.epochs:
         p.append(Problem("--warmup-epochs", f"warm-up ({sch.warmup_epochs}) must be >= 0 and < --epochs ({sch.epochs})",
                          "leave at least one epoch for the method's main phase"))
     if sch.batch_size < 2:
