@@ -18,6 +18,7 @@ def create_model(backbone: str, num_classes: int, *, weights: str = "", pretrain
         raise InputError(Problem("--backbone", f"unknown backbone '{backbone}'",
                                  "use a timm model name, e.g. resnet18, resnet50, efficientnet_b0"))
     if pretrained:
+        _offline_unless_hub_reachable()
         try:
             model = timm.create_model(backbone, pretrained=True, num_classes=num_classes)
         except Exception as exc:  # offline: hub unreachable, no local HF cache
@@ -30,6 +31,28 @@ def create_model(backbone: str, num_classes: int, *, weights: str = "", pretrain
     if weights:
         load_weights(model, weights)
     return model
+
+
+def _offline_unless_hub_reachable(host: str = "huggingface.co", timeout: float = 3.0) -> None:
+    """Without a route to the model hub, switch huggingface_hub to its local cache so timm fails fast, not after
+    minutes of retries (a clear message beats a hang)."""
+    import os
+    import socket
+
+    if os.environ.get("HF_HUB_OFFLINE") == "1":
+        return
+    try:
+        socket.create_connection((host, 443), timeout=timeout).close()
+        return
+    except OSError:
+        pass
+    os.environ["HF_HUB_OFFLINE"] = "1"
+    try:
+        import huggingface_hub.constants as hf_constants
+
+        hf_constants.HF_HUB_OFFLINE = True
+    except ImportError:
+        pass
 
 
 def load_weights(model: nn.Module, path: str | Path) -> None:
