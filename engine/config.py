@@ -31,7 +31,6 @@ class DataConfig:
     test: float = _f(300, "test-set size: a count, or a fraction of consensus images if < 1 (ROP study: 300)")
     image_size: int = _f(224, "network input size after centre crop (ROP study: 224 from 256)")
     cache_dir: str = _f("", "decoded-image cache folder (default: DATASET/.cache next to votes.csv)")
-    workers: int = _f(0, "DataLoader worker processes (0 = load in the main process)")
 
 
 @dataclass(frozen=True)

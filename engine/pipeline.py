@@ -460,7 +460,10 @@ def _write_outputs(cfg: RunConfig, rd: R.RunDir, data: PreparedData, result: dic
     scores = None
     if state.best_flag_scores is not None:  # the method's own ranking for training rows; default rule elsewhere
         scores = 1.0 - probs[np.arange(len(probs)), np.clip(data.frame["_major_idx"].to_numpy(), 0, None)]
-        scores[train_rows] = state.best_flag_scores
+        # the method's scores (e.g. O2U's normalised loss, unbounded) become percentile ranks in [0, 1], so they
+        # share the scale of 1 - p(majority) used for the other rows while keeping the method's order
+        ranks = pd.Series(state.best_flag_scores).rank(pct=True).to_numpy()
+        scores[train_rows] = ranks
     f = data.frame
     flags = flag_images(probs, f["_major_idx"].to_numpy(), consensus=f[S.CONSENSUS].to_numpy(bool),
                         tie=f[S.TIE].to_numpy(bool), classes=classes, uncertain=cfg.flags.flag_uncertain,

@@ -52,9 +52,20 @@ def config_from_args(args) -> RunConfig:
     return dataclasses.replace(cfg, method_params=resolved)
 
 
+def _interrupt_on_sigterm() -> None:
+    """The app's Cancel (and `kill`) sends SIGTERM: treat it like Ctrl-C so the run ends as 'cancelled'."""
+    import signal
+
+    def handler(signum, frame):
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, handler)
+
+
 def run(args) -> int:
     from engine.pipeline import run as run_pipeline
 
+    _interrupt_on_sigterm()
     cfg = config_from_args(args)
     out = run_pipeline(cfg)
     print(f"done: {out}/labels.csv, metrics.json, model.pt")

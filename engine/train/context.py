@@ -144,8 +144,11 @@ class TrainContext:
             yield Batch(self.prepare(data.images[dev_idx], flip), data.targets[dev_idx], dev_idx, flip)
 
     def steps_per_epoch(self, n: int | None = None) -> int:
+        """Batches per epoch; a last batch of a single image is dropped (BatchNorm cannot train on one sample)."""
         n = int((self.train.targets >= 0).sum()) if n is None else n
         steps = max(1, -(-n // self.batch_size))
+        if n > 1 and n % self.batch_size == 1:
+            steps -= 1
         return min(steps, self.max_steps) if self.max_steps else steps
 
     def meta_batches(self, epoch: int, *, stream: int = 1) -> Iterator[Batch]:

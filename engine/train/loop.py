@@ -76,7 +76,8 @@ def fit(ctx: TrainContext, method: Method, *, state: FitState | None = None,
                   "test_acc": ctx.accuracy(ctx.test, model) if ctx.test is not None else None,
                   "train_acc_majority": ctx.accuracy(ctx.train, model), "seconds": time.time() - t0}
         state.history.append(record)
-        selectable = (not warm) or ctx.warmup_epochs >= ctx.epochs
+        selectable = ((not warm) or ctx.warmup_epochs >= ctx.epochs) and (
+            warm or getattr(method, "selectable", lambda: True)())  # e.g. O2U: not during its cyclical stage
         if selectable and (meta_acc > state.best_meta_acc or state.best_model is None):
             state.best_epoch, state.best_meta_acc = epoch, meta_acc
             state.best_model = _cpu_state(model)
