@@ -250,12 +250,34 @@ def _file_problem(root: Path, rel: str, verify) -> tuple[str, str] | None:
 # ---------------------------------------------------------------------------------------------------------------
 
 
+# Known grading scales in order of severity: used when --classes is not given (ties resolve toward the later class).
+KNOWN_SCALES = (
+    ("normal", "pre-plus", "plus"),  # ROP plus disease (ICROP)
+    ("no_dr", "mild", "moderate", "severe", "proliferative"),  # diabetic retinopathy grades
+)
+
+
+def _known_order(values) -> list[str] | None:
+    values = set(values)
+    for scale in KNOWN_SCALES:
+        if values and values <= set(scale):
+            return [c for c in scale if c in values]
+    return None
+
+
+def default_class_order(values) -> list[str]:
+    """Class order without --classes: a known severity scale (ROP: normal, pre-plus, plus) if the values fit one,
+    else sorted."""
+    return _known_order(values) or sorted(values)
+
+
 def read_votes(
     dataset: Path | str, *, classes: str | Sequence[str] | None = None, check_images: bool = True
 ) -> VoteTable:
     """Read DATASET/votes.csv into a VoteTable; raise one InputError listing every problem found.
 
-    `classes` fixes the class order (ties resolve toward the later class); default: sorted values seen.
+    `classes` fixes the class order (ties resolve toward the later class); default: a known severity scale
+    (`KNOWN_SCALES`, e.g. normal, pre-plus, plus) when the values fit one, else sorted values seen.
     `check_images=False` skips opening image files (paths are still refused when they leave the folder).
     """
     root = Path(dataset)
@@ -458,7 +480,7 @@ def read_votes(
             if c not in class_rows:
                 warnings.append(Warning_(name, f"class '{c}' is in --classes but no expert used it"))
     else:
-        class_list = sorted(class_rows)
+        class_list = default_class_order(class_rows)
         if out_rows and experts and not class_list:
             problems.append(
                 Problem(name, "no expert graded any image", fix="fill in the expert columns (value = class name)")
@@ -467,7 +489,7 @@ def read_votes(
             warnings.append(
                 Warning_(name, f"only one class is used ('{class_list[0]}'); a classifier needs at least two")
             )
-        if len(class_list) > 1:
+        if len(class_list) > 1 and class_list != _known_order(class_rows):
             warnings.append(
                 Warning_(
                     name,

@@ -38,14 +38,13 @@ def test_json_schema_and_values(small_dataset, cli_main, capsys):
     assert any("graded by one expert only" in w for w in rep["warnings"])
 
 
-def test_text_report_has_tables_and_warnings_last(small_dataset, cli_main, capsys):
+def test_text_report_has_tables_and_rop_class_order(small_dataset, cli_main, capsys):
     assert cli_main(["inspect", str(small_dataset)]) == 0
     out = capsys.readouterr().out
     for needle in ("unanimity rate: 0.64", "Cohen's kappa", "Fleiss' kappa", "agree_majority", "class balance"):
         assert needle in out
-    warn_at = out.index("warnings (")
-    assert warn_at > out.index("confusion against the majority")
-    assert "no --classes given" in out[warn_at:]
+    assert "classes (ties go to the later one): normal, pre-plus, plus" in out
+    assert "no --classes given" not in out  # the ROP scale is recognised
 
 
 def test_inspect_dataset_nan_free_when_kappa_undefined(tmp_path, make_votes):

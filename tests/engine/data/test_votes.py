@@ -29,9 +29,16 @@ def test_reads_contract_columns_and_votes_matrix(small_dataset):
     assert t.rows == list(range(1, 13))
 
 
-def test_class_order_default_is_sorted_with_a_warning(small_dataset):
+def test_class_order_default_is_the_rop_severity_scale(small_dataset):
     t = read_votes(small_dataset)
-    assert t.classes == ["normal", "plus", "pre-plus"]
+    assert t.classes == ["normal", "pre-plus", "plus"]  # a known scale: ties resolve toward plus
+    assert not any("no --classes given" in w.message for w in t.warnings)
+
+
+def test_class_order_default_is_sorted_with_a_warning_for_unknown_scales(tmp_path, make_votes):
+    root = make_votes(tmp_path / "ds", ["image", "a", "b"], [["x.png", "zeta", "zeta"], ["y.png", "alpha", "zeta"]])
+    t = read_votes(root)
+    assert t.classes == ["alpha", "zeta"]
     assert any("no --classes given" in w.message for w in t.warnings)
 
 

@@ -1,0 +1,50 @@
+"""Errors as messages, never tracebacks: bad input as a table of problems, anything else logged to app.log."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import pandas as pd
+import streamlit as st
+
+from app import state
+
+
+def problems_frame(err) -> pd.DataFrame:
+    """An InputError's problems as rows (file, row, problem, fix)."""
+    rows = [p.as_dict() for p in getattr(err, "problems", [])]
+    frame = pd.DataFrame(rows, columns=["file", "row", "problem", "fix"])
+    frame["row"] = frame["row"].map(lambda r: "" if r is None or pd.isna(r) else str(int(r)))
+    return frame
+
+
+def show_problems(err, *, title: str) -> None:
+    """One error box naming how many problems, then a readable table of all of them."""
+    n = len(getattr(err, "problems", []))
+    st.error(f"**{title}**: {n} problem{'s' if n != 1 else ''} found. Fix them all, then try again.", icon=":material/warning:")
+    st.dataframe(problems_frame(err), hide_index=True, width="stretch",
+                 column_config={"fix": st.column_config.TextColumn("how to fix", width="large"),
+                                "problem": st.column_config.TextColumn(width="large")})
+
+
+@contextmanager
+def guard(action: str) -> Iterator[None]:
+    """Run `action` (e.g. "open the dataset"); show bad input as a problem table, log anything else.
+
+    Streamlit's own control flow (st.rerun, st.stop) derives from BaseException and passes through.
+    """
+    from engine.errors import InputError
+
+    try:
+        yield
+    except InputError as err:
+        state.log.warning("cannot %s: %s", action, err)
+        show_problems(err, title=f"Cannot {action}")
+    except Exception as exc:  # shown as a message; the traceback goes to the log file only
+        state.log.exception("failed to %s", action)
+        st.error(
+            f"Could not {action}: {type(exc).__name__}: {exc}\n\n"
+            f"The details are in `{state.workspace() / 'app.log'}`.",
+            icon=":material/error:",
+        )

@@ -1,0 +1,34 @@
+"""The sidebar context shown on every page: open dataset, saved meta set, selected run, workspace."""
+
+from __future__ import annotations
+
+import streamlit as st
+
+from app import state
+
+
+def context(*, key: str) -> None:
+    from app import jobs
+    from app.components import dataset as ds
+
+    with st.sidebar:
+        dataset = state.dataset()
+        if dataset is None:
+            st.caption("No dataset open yet.")
+        else:
+            st.markdown(f"**Dataset** · {dataset.name}")
+            if ds.is_demo(dataset):
+                st.caption(":orange-badge[SYNTHETIC demo data]")
+            if ds.roles_file(dataset).exists():
+                st.caption("Meta set saved ✓")
+        run = state.run_dir()
+        if run is not None:
+            record = None
+            try:
+                record = state.store().get_run(run)
+            except Exception:
+                state.log.exception("store unavailable")
+            job_state = jobs.view(record).state if record else ("done" if (run / "labels.csv").exists() else "?")
+            st.markdown(f"**Run** · {run.name}")
+            st.caption(f"state: {job_state}")
+        st.caption(f"Workspace: `{state.workspace()}`")
