@@ -44,6 +44,7 @@ class Method:
     config_cls: ClassVar[type] = NoParams
     needs_meta: ClassVar[bool] = True  # uses the meta set for training (not only for model selection)
     uses_unlabeled: ClassVar[bool] = False  # rows with role=unlabeled take part in the main phase
+    learns_labels: ClassVar[bool] = False  # keeps its own soft labels (their drift from the majority is logged)
 
     def __init__(self, cfg, ctx: TrainContext):
         self.cfg = cfg

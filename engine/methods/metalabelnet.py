@@ -41,6 +41,7 @@ class MetaLabelNet(Method):
     name = "metalabelnet"
     summary = "MetaLabelNet: a meta-learned perceptron on frozen features generates soft labels; uses unlabeled rows"
     config_cls = MetaLabelNetConfig
+    learns_labels = True
     uses_unlabeled = True
 
     def start(self) -> None:

@@ -203,6 +203,7 @@ class MLC(Method):
     name = "mlc"
     summary = "Meta Label Correction: a meta-learned network corrects each noisy label from image features"
     config_cls = MLCConfig
+    learns_labels = True
 
     def __init__(self, cfg, ctx):
         super().__init__(cfg, ctx)

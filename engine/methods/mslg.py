@@ -68,6 +68,7 @@ class MSLG(Method):
     name = "mslg"
     summary = "Meta Soft Label Generation: per-image label variables learned on the meta set (ROP study)"
     config_cls = MSLGConfig
+    learns_labels = True
 
     def start(self) -> None:
         ctx = self.ctx

@@ -51,7 +51,7 @@ def fit(ctx: TrainContext, method: Method, *, state: FitState | None = None,
     """Train from `state` (fresh if None) to `ctx.epochs`; keep the epoch with the best meta accuracy.
 
     Warm-up epochs (< ctx.warmup_epochs) train cross-entropy on majority labels; the method's main phase follows.
-    Model selection considers main-phase epochs only (all epochs if there is no main phase).
+    Model selection by meta accuracy considers the main-phase epochs and the last warm-up epoch.
     """
     state = state or FitState()
     n_train = len(ctx.train)
@@ -75,8 +75,13 @@ def fit(ctx: TrainContext, method: Method, *, state: FitState | None = None,
         record = {"epoch": epoch, "stage": stage, "lr": lr, **stats, "meta_acc": meta_acc,
                   "test_acc": ctx.accuracy(ctx.test, model) if ctx.test is not None else None,
                   "train_acc_majority": ctx.accuracy(ctx.train, model), "seconds": time.time() - t0}
+        if state.started and method.learns_labels:
+            record.update(label_drift(method.soft_labels(), ctx.train.targets.cpu()))
         state.history.append(record)
-        selectable = ((not warm) or ctx.warmup_epochs >= ctx.epochs) and (
+        # Candidates: the main-phase epochs and the warm-up's last epoch, so a main phase that only hurts the
+        # meta accuracy falls back to the warm-up model instead of keeping its least bad epoch.
+        last_warm = epoch == min(ctx.warmup_epochs, ctx.epochs) - 1
+        selectable = (last_warm or not warm) and (
             warm or getattr(method, "selectable", lambda: True)())  # e.g. O2U: not during its cyclical stage
         if selectable and (meta_acc > state.best_meta_acc or state.best_model is None):
             state.best_epoch, state.best_meta_acc = epoch, meta_acc
@@ -90,6 +95,17 @@ def fit(ctx: TrainContext, method: Method, *, state: FitState | None = None,
         if on_epoch_end:
             on_epoch_end(state)
     return state
+
+
+def label_drift(soft: torch.Tensor, targets: torch.Tensor) -> dict:
+    """How far learned soft labels (N, K) moved from the majority labels (N,) (-1 = none): the fraction whose
+    argmax changed, and the mean probability moved off the majority class."""
+    labeled = targets >= 0
+    if not bool(labeled.any()):
+        return {}
+    s, t = soft[labeled].float(), targets[labeled]
+    return {"labels_changed": float((s.argmax(1) != t).float().mean()),
+            "label_shift": float((1 - s[torch.arange(len(t)), t]).mean())}
 
 
 def restore_best(ctx: TrainContext, method: Method, state: FitState) -> torch.nn.Module:
