@@ -162,7 +162,7 @@ def add_dataclass_args(parser, cls: type, *, prefix: str = "", title: str | None
         tp = hints[f.name]
         default_text = f.default if f.default is not dataclasses.MISSING else "(computed)"
         if tp is bool:
-            group.add_argument(flag, dest=prefix + f.name, default=None, type=lambda s: _coerce(bool, s, f.name, "cli"),
+            group.add_argument(flag, dest=prefix + f.name, default=None, type=lambda s, name=f.name: _coerce(bool, s, name, "cli"),
                                nargs="?", const=True, metavar="BOOL", help=f"{f.metadata.get('help', '')} [{default_text}]")
         else:
             group.add_argument(flag, dest=prefix + f.name, default=None, type=tp if tp in (int, float, str) else str,

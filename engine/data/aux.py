@@ -42,7 +42,7 @@ def _read_levels(csv: Path) -> tuple[list[Path], np.ndarray, list[str]]:
     try:
         frame = pd.read_csv(csv, dtype=str, keep_default_na=False, encoding="utf-8")
     except (UnicodeDecodeError, pd.errors.ParserError) as exc:
-        raise InputError(Problem(str(csv), f"cannot read CSV ({exc})", "save it as UTF-8 with columns image,level"))
+        raise InputError(Problem(str(csv), f"cannot read CSV ({exc})", "save it as UTF-8 with columns image,level")) from None
     missing = {"image", "level"} - set(frame.columns)
     if missing:
         raise InputError(Problem(str(csv), f"missing column(s) {sorted(missing)}", "columns must be image,level"))

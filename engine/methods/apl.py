@@ -11,24 +11,20 @@ them on 4 classes). Both losses are batch means bounded independently of the bat
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from functools import partial
 
 from engine.errors import InputError, Problem
 from engine.losses import nce_rce
-from engine.methods.base import Method, register
+from engine.methods.base import Method, param, register
 from engine.train.steps import ce_epoch
-
-
-def _p(default, help):  # noqa: A002
-    return field(default=default, metadata={"help": help})
 
 
 @dataclass(frozen=True)
 class APLConfig:
-    alpha: float = _p(1.0, "weight α of the active loss NCE (Ma et al. 2020: 1 for ~10 classes, 10 for CIFAR-100)")
-    beta: float = _p(1.0, "weight β of the passive loss RCE (Ma et al. 2020: 1 for ~10 classes, 0.1 for CIFAR-100)")
-    grad_clip: float = _p(5.0, "clip the gradient norm at this value, 0 = off (APL reference code: 5)")
+    alpha: float = param(1.0, "weight α of the active loss NCE (Ma et al. 2020: 1 for ~10 classes, 10 for CIFAR-100)")
+    beta: float = param(1.0, "weight β of the passive loss RCE (Ma et al. 2020: 1 for ~10 classes, 0.1 for CIFAR-100)")
+    grad_clip: float = param(5.0, "clip the gradient norm at this value, 0 = off (APL reference code: 5)")
 
 
 def check_apl(cfg, method: str) -> None:

@@ -7,7 +7,7 @@ owns only its main-phase training (`train_epoch`) and what it learns about each 
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, ClassVar
 
 if TYPE_CHECKING:
@@ -25,6 +25,11 @@ def register(cls: type[Method]) -> type[Method]:
         raise ValueError(f"method name '{cls.name}' registered twice")
     registry[cls.name] = cls
     return cls
+
+
+def param(default, help: str):  # noqa: A002 - mirrors argparse
+    """A hyper-parameter field with its one-line help (shown by the CLI and the app); cite the paper in `help`."""
+    return field(default=default, metadata={"help": help})
 
 
 @dataclass(frozen=True)

@@ -13,27 +13,24 @@ flipped) are computed once at the start, since the extractor never changes.
 from __future__ import annotations
 
 import copy
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 from torch import nn
 
-from engine.methods.base import Method, register
+from engine.methods.base import Method, param, register
 from engine.methods.mslg import soft_label_meta_step
 from engine.models import features
 from engine.train.context import check_finite
-
-
-def _p(default, help):  # noqa: A002
-    return field(default=default, metadata={"help": help})
+from engine.train.steps import EpochMeter
 
 
 @dataclass(frozen=True)
 class MetaLabelNetConfig:
-    alpha: float = _p(0.5, "learning rate of the virtual (look-ahead) step, as in MSLG")
-    beta: float = _p(1e-3, "Adam learning rate of the label network (paper: tuned per dataset; 1e-3 default)")
-    slp_weight_decay: float = _p(1e-4, "Adam weight decay of the label network")
-    entropy_weight: float = _p(1.0, "weight of the entropy loss in the real update (paper: 1)")
+    alpha: float = param(0.5, "learning rate of the virtual (look-ahead) step, as in MSLG")
+    beta: float = param(1e-3, "Adam learning rate of the label network (paper: tuned per dataset; 1e-3 default)")
+    slp_weight_decay: float = param(1e-4, "Adam weight decay of the label network")
+    entropy_weight: float = param(1.0, "weight of the entropy loss in the real update (paper: 1)")
 
 
 @register
@@ -75,9 +72,7 @@ class MetaLabelNet(Method):
         ctx, cfg = self.ctx, self.cfg
         ctx.model.train()
         meta = ctx.meta_batches(epoch)
-        steps = ctx.steps_per_epoch(len(ctx.train))
-        sums = {"loss": 0.0, "meta_loss": 0.0}
-        n = 0
+        meter = EpochMeter(ctx, epoch, ctx.steps_per_epoch(len(ctx.train)))
         for step, b in enumerate(ctx.batches(epoch, labeled_only=False)):
             fb = self._batch_feats(b)
             surrogate, info, finish = soft_label_meta_step(
@@ -91,12 +86,8 @@ class MetaLabelNet(Method):
             check_finite(new_targets, "main", epoch, step, "label network output")
             loss = finish(new_targets)
             check_finite(loss, "main", epoch, step)
-            sums["loss"] += float(loss)
-            sums["meta_loss"] += info["meta_loss"]
-            n += 1
-            ctx.on_step({"stage": "main", "epoch": epoch, "step": step, "steps": steps, "loss": float(loss),
-                         "meta_loss": info["meta_loss"]})
-        return {k: v / max(n, 1) for k, v in sums.items()}
+            meter.step(step, loss=loss, meta_loss=info["meta_loss"])
+        return meter.means()
 
     @torch.no_grad()
     def soft_labels(self) -> torch.Tensor:

@@ -32,7 +32,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -42,27 +42,25 @@ from torch.func import functional_call
 from engine.errors import InputError, Problem
 from engine.losses import soft_cross_entropy, upcast
 from engine.meta import frozen_norm_stats, lookahead_surrogate, trainable
-from engine.methods.base import Method, register
+from engine.methods.base import Method, param, register
 from engine.train.context import check_finite
+from engine.train.steps import EpochMeter
 
 LCN_INIT_STEPS = 200  # full-batch Adam steps fitting the LCN to the warm-up predictions (lcn_init=warmup)
 LCN_INIT_LR = 1e-2
 
 
-def _p(default, help):  # noqa: A002
-    return field(default=default, metadata={"help": help})
-
 
 @dataclass(frozen=True)
 class MLCConfig:
-    k: int = _p(1, "look-ahead steps: the LCN is updated every k steps with the k-step meta-gradient (paper eq. 6; "
+    k: int = param(1, "look-ahead steps: the LCN is updated every k steps with the k-step meta-gradient (paper eq. 6; "
                    "reference default 1; the paper uses 5 and finds larger k helps above 0.6 noise)")
-    meta_lr: float = _p(1e-3, "Adam learning rate of the label-correction network (reference: 3e-5 over ~100x more "
+    meta_lr: float = param(1e-3, "Adam learning rate of the label-correction network (reference: 3e-5 over ~100x more "
                               "updates than a ROP run; scaled by the update count)")
-    meta_weight_decay: float = _p(0.0, "Adam weight decay of the label-correction network (reference: 0)")
-    label_dim: int = _p(128, "label embedding size of the LCN (paper: 128)")
-    hidden_dim: int = _p(64, "hidden size of the LCN's tanh MLP (paper: 64 for images, 768 for text)")
-    lcn_init: str = _p("warmup", "warmup = fit the LCN to the warm-up model's predictions first; random = the "
+    meta_weight_decay: float = param(0.0, "Adam weight decay of the label-correction network (reference: 0)")
+    label_dim: int = param(128, "label embedding size of the LCN (paper: 128)")
+    hidden_dim: int = param(64, "hidden size of the LCN's tanh MLP (paper: 64 for images, 768 for text)")
+    lcn_init: str = param("warmup", "warmup = fit the LCN to the warm-up model's predictions first; random = the "
                                  "paper's Xavier initialisation")
 
 
@@ -271,9 +269,7 @@ class MLC(Method):
         model = ctx.model
         model.train()
         meta = ctx.meta_batches(epoch)
-        steps = ctx.steps_per_epoch()
-        sums = {"loss": 0.0, "meta_loss": 0.0}
-        n = 0
+        meter = EpochMeter(ctx, epoch, ctx.steps_per_epoch())
         for step, b in enumerate(ctx.batches(epoch)):
             mb = next(meta)
             if len(mb.y) < 4:  # the meta set's last partial batch: top it up so that both halves hold >= 2 images
@@ -300,12 +296,8 @@ class MLC(Method):
             for name, p in trainable(model).items():
                 p.grad = train_grads[name]
             ctx.optimizer.step()
-            sums["loss"] += float(loss)
-            sums["meta_loss"] += info["meta_loss"]
-            n += 1
-            ctx.on_step({"stage": "main", "epoch": epoch, "step": step, "steps": steps, "loss": float(loss),
-                         "meta_loss": info["meta_loss"]})
-        return {k: v / max(n, 1) for k, v in sums.items()}
+            meter.step(step, loss=loss, meta_loss=info["meta_loss"])
+        return meter.means()
 
     @torch.no_grad()
     def soft_labels(self) -> torch.Tensor:

@@ -13,28 +13,26 @@ label variable is 1280/B times larger than in that setting; to take the same ste
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 
 from engine.losses import entropy, kl_soft_targets
 from engine.meta import lookahead_surrogate
-from engine.methods.base import Method, register
+from engine.methods.base import Method, param, register
 from engine.train.context import check_finite
+from engine.train.steps import EpochMeter
 
 REFERENCE_ELEMENTS = 128 * 10  # batch × classes the paper's β was tuned for
 
 
-def _p(default, help):  # noqa: A002
-    return field(default=default, metadata={"help": help})
-
 
 @dataclass(frozen=True)
 class MSLGConfig:
-    k: float = _p(10.0, "label variables start at K·onehot(majority) (paper: K=10)")
-    alpha: float = _p(0.5, "learning rate of the virtual (look-ahead) step (paper: 0.5)")
-    beta: float = _p(4000.0, "label-variable learning rate at batch 128 × 10 classes; rescaled to the run (paper: 4000)")
-    entropy_weight: float = _p(1.0, "weight of the entropy loss in the real update (paper: 1)")
+    k: float = param(10.0, "label variables start at K·onehot(majority) (paper: K=10)")
+    alpha: float = param(0.5, "learning rate of the virtual (look-ahead) step (paper: 0.5)")
+    beta: float = param(4000.0, "label-variable learning rate at batch 128 × 10 classes; rescaled to the run (paper: 4000)")
+    entropy_weight: float = param(1.0, "weight of the entropy loss in the real update (paper: 1)")
 
 
 def label_lr(beta: float, batch_size: int) -> float:
@@ -82,9 +80,7 @@ class MSLG(Method):
         ctx.model.train()
         beta = label_lr(cfg.beta, ctx.batch_size)
         meta = ctx.meta_batches(epoch)
-        steps = ctx.steps_per_epoch()
-        sums = {"loss": 0.0, "meta_loss": 0.0}
-        n = 0
+        meter = EpochMeter(ctx, epoch, ctx.steps_per_epoch())
         for step, b in enumerate(ctx.batches(epoch)):
             z = self.z[b.idx].clone().requires_grad_()
             surrogate, info, finish = soft_label_meta_step(
@@ -96,12 +92,8 @@ class MSLG(Method):
             self.z[b.idx] = z_new
             loss = finish(torch.softmax(z_new, 1))
             check_finite(loss, "main", epoch, step)
-            sums["loss"] += float(loss)
-            sums["meta_loss"] += info["meta_loss"]
-            n += 1
-            ctx.on_step({"stage": "main", "epoch": epoch, "step": step, "steps": steps, "loss": float(loss),
-                         "meta_loss": info["meta_loss"]})
-        return {k: v / max(n, 1) for k, v in sums.items()}
+            meter.step(step, loss=loss, meta_loss=info["meta_loss"])
+        return meter.means()
 
     def soft_labels(self) -> torch.Tensor:
         """softmax of the label variables; rows without a majority label (never trained on) get the model's output."""

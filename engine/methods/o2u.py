@@ -39,7 +39,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -47,7 +47,7 @@ import torch.nn.functional as F
 
 from engine.errors import InputError, Problem
 from engine.losses import cross_entropy, upcast
-from engine.methods.base import Method, register
+from engine.methods.base import Method, param, register
 from engine.train.context import TensorData, TrainContext, check_finite
 from engine.train.steps import hard_label_step
 
@@ -55,23 +55,20 @@ CYCLICAL_SHARE = 20 / 70  # the paper's runs: 20 cyclical epochs out of the 70 a
 MAX_ESTIMATED_FORGET = 0.5
 
 
-def _p(default, help):  # noqa: A002
-    return field(default=default, metadata={"help": help})
-
 
 @dataclass(frozen=True)
 class O2UConfig:
-    forget_rate: float = _p(-1.0, "fraction of labelled training images treated as noisy and left out of retraining; "
+    forget_rate: float = param(-1.0, "fraction of labelled training images treated as noisy and left out of retraining; "
                                   "-1 = estimate (split-vote rows the warm-up model disagrees with; paper: the "
                                   "known noise rate)")
-    cyclical_epochs: int = _p(0, "epochs of the cyclical stage; 0 = 2/7 of the main phase (paper: 20 cyclical + "
+    cyclical_epochs: int = param(0, "epochs of the cyclical stage; 0 = 2/7 of the main phase (paper: 20 cyclical + "
                                   "50 retraining epochs after pre-training); the rest of the main phase retrains")
-    cycle_length: int = _p(0, "epochs per cycle c; 0 = half the cyclical stage (two cycles), at least 2 (paper: "
+    cycle_length: int = param(0, "epochs per cycle c; 0 = half the cyclical stage (two cycles), at least 2 (paper: "
                                "c=10 over 20 cyclical epochs)")
-    r1: float = _p(1.0, "cyclical stage: highest learning rate, as a multiple of --lr (paper: r1=0.01 = its "
+    r1: float = param(1.0, "cyclical stage: highest learning rate, as a multiple of --lr (paper: r1=0.01 = its "
                         "pre-training rate)")
-    r2: float = _p(0.1, "cyclical stage: lowest learning rate, as a multiple of --lr (paper: r2=0.001 = r1/10)")
-    cyclical_batch_size: int = _p(0, "batch size of the cyclical stage, 0 = --batch-size (paper: 16, a smaller "
+    r2: float = param(0.1, "cyclical stage: lowest learning rate, as a multiple of --lr (paper: r2=0.001 = r1/10)")
+    cyclical_batch_size: int = param(0, "batch size of the cyclical stage, 0 = --batch-size (paper: 16, a smaller "
                                      "batch than pre-training's 128)")
 
 

@@ -8,6 +8,25 @@ from engine.losses import cross_entropy
 from engine.train.context import Batch, TrainContext, check_finite
 
 
+class EpochMeter:
+    """Mean of each per-step value over an epoch; every step is also sent to the progress callback."""
+
+    def __init__(self, ctx: TrainContext, epoch: int, steps: int, *, stage: str = "main", **fixed):
+        self.ctx, self.fixed = ctx, {"stage": stage, "epoch": epoch, "steps": steps, **fixed}
+        self.sums: dict[str, float] = {}
+        self.n = 0
+
+    def step(self, step: int, **values: float) -> None:
+        values = {k: float(v) for k, v in values.items()}
+        for k, v in values.items():
+            self.sums[k] = self.sums.get(k, 0.0) + v
+        self.n += 1
+        self.ctx.on_step({**self.fixed, "step": step, **values})
+
+    def means(self) -> dict:
+        return {k: v / max(self.n, 1) for k, v in self.sums.items()}
+
+
 def ce_epoch(ctx: TrainContext, epoch: int, *, stage: str, model=None, optimizer=None,
              batches=None, loss_fn=cross_entropy, clip: float = 0.0) -> dict:
     """One epoch of `loss_fn(logits, y)` on labelled training rows; returns {"loss": mean}. Used by warm-up and `ce`."""

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from engine.errors import InputError
-from engine.models import create_model, features, load_weights, min_input_size
+from engine.models import create_model, features, min_input_size
 
 
 def test_pretrained_without_network_fails_fast_with_advice(monkeypatch, tmp_path):

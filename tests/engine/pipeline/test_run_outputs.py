@@ -10,7 +10,6 @@ import torch
 from engine.cli import main
 from engine.data import schema as S
 from engine.methods import list_methods
-
 from tests.engine.pipeline.tinydata import CLASSES, run_args
 
 
