@@ -4,8 +4,9 @@
 SHELL := /bin/bash
 PY := .venv/bin/python
 DEMO := data/demo
-DEMO_RUN := data/runs/demo-mslg
-DEMO_FLAGS ?= --method mslg --backbone resnet18 --image-size 64 --epochs 12 --warmup-epochs 4 --lr-milestones 8 --batch-size 32
+METHOD ?= mslg
+DEMO_RUN := data/runs/demo-$(METHOD)
+DEMO_FLAGS ?= --backbone resnet18 --image-size 64 --epochs 12 --warmup-epochs 4 --lr-milestones 8 --batch-size 32
 
 .PHONY: demo test lint bench app
 
@@ -15,10 +16,14 @@ DEMO_FLAGS ?= --method mslg --backbone resnet18 --image-size 64 --epochs 12 --wa
 	$(PY) -m pip install -q -r requirements.txt -r requirements-test.txt
 	touch $@
 
+# make demo METHOD=metalabelnet (or any name from `python -m engine methods`) trains another method.
+# A finished demo run is kept and reopened; an interrupted one is resumed.
 demo: .venv/stamp
-	$(PY) -m engine demo-data $(DEMO) --n 400 --seed 0
+	test -f $(DEMO)/votes.csv || $(PY) -m engine demo-data $(DEMO) --n 400 --seed 0
 	$(PY) -m engine inspect $(DEMO)
-	$(PY) -m engine run $(DEMO) --out $(DEMO_RUN) --pretrain $(DEMO)/dr_aux $(DEMO_FLAGS)
+	if [ -f $(DEMO_RUN)/model.pt ]; then echo "reusing the finished run $(DEMO_RUN)"; \
+	elif [ -f $(DEMO_RUN)/checkpoint.pt ]; then $(PY) -m engine run $(DEMO) --out $(DEMO_RUN) --method $(METHOD) --pretrain $(DEMO)/dr_aux $(DEMO_FLAGS) --resume; \
+	else rm -rf $(DEMO_RUN); $(PY) -m engine run $(DEMO) --out $(DEMO_RUN) --method $(METHOD) --pretrain $(DEMO)/dr_aux $(DEMO_FLAGS); fi
 	.venv/bin/streamlit run app/Home.py -- --dataset $(DEMO) --run $(DEMO_RUN)
 
 app: .venv/stamp

@@ -15,7 +15,7 @@ Baselines outside the registry: `ce+finetune` (the selected `ce` model fine-tune
 `meta-only` (a fresh model trained on the meta set alone). Neither can select by meta accuracy (they train on the
 meta set), so both keep their last epoch.
 
-Flag rule: `engine.flags` if present, else inline: flagged ⇔ argmax(soft label) != noisy (majority) label.
+Flag rule: the product's own `engine.flags.flag_images` (suggestion ≠ majority, or split vote with top p < 0.6).
 """
 
 from __future__ import annotations
@@ -63,22 +63,14 @@ class Schedule:
 
 
 def flag_rule(soft: np.ndarray, noisy: np.ndarray) -> tuple[np.ndarray, str]:
-    """(N,) bool flags and the rule's name: engine.flags when it exists, else argmax(soft) != noisy label."""
-    try:
-        from engine import flags as engine_flags  # noqa: F401
-    except ImportError:
-        engine_flags = None
-    if engine_flags is not None:
-        for name in ("flag_rule", "flags_from_soft", "compute_flags"):
-            fn = getattr(engine_flags, name, None)
-            if callable(fn):
-                try:
-                    out = np.asarray(fn(soft, noisy))
-                    if out.shape == noisy.shape:
-                        return out.astype(bool), f"engine.flags.{name}"
-                except TypeError:
-                    pass
-    return soft.argmax(1) != noisy, "inline: argmax(soft) != noisy label"
+    """(N,) bool flags from the product's own rule (`engine.flags.flag_images`): suggestion != majority, or a
+    split vote with an uncertain soft label (every training row counts as split: no row is a known consensus)."""
+    from engine.flags import flag_images
+
+    n = len(noisy)
+    out = flag_images(soft, noisy, consensus=np.zeros(n, bool), tie=np.zeros(n, bool),
+                      classes=[str(k) for k in range(soft.shape[1])])
+    return out["flag"].to_numpy().astype(bool), "engine.flags.flag_images (default threshold 0.6)"
 
 
 def _ctx(
