@@ -17,7 +17,7 @@ from app.components import sidebar  # noqa: E402
 
 st.set_page_config(page_title="ROP label review", page_icon="👁️", layout="wide")
 
-PAGES = Path(__file__).resolve().parent / "pages"
+PAGES = Path(__file__).resolve().parent / "views"  # not "pages/": that name turns on the legacy multipage mode
 pages = {
     "": [st.Page(PAGES / "overview.py", title="Overview", icon=":material/home:", default=True)],
     "Workflow": [

@@ -95,8 +95,10 @@ def build(model_name: str, method: str, device: str, *, n_train: int = 512, seed
     )
     if method == "ce":
         return ctx, None
-    cls = get_method(method)
-    m = cls(cls.config_cls(), ctx)
+    name, _, opts = method.partition(":")  # e.g. "mslg:meta_jvp=finite-difference"
+    cls = get_method(name)
+    params = dict(kv.split("=", 1) for kv in opts.split(",") if kv)
+    m = cls(cls.config_cls(**params), ctx)
     m.start()
     return ctx, m
 
@@ -224,7 +226,8 @@ def main(argv=None) -> int:
         "--methods",
         nargs="+",
         default=None,
-        help="registered methods to compare with ce (default: mslg, metalabelnet, mlc where registered)",
+        help="registered methods to compare with ce (default: mslg, metalabelnet, mlc where registered); "
+        "NAME:FIELD=VALUE sets a string hyper-parameter, e.g. mslg:meta_jvp=finite-difference",
     )
     p.add_argument("--steps", type=int, default=6, help="timed steps per round (median over all rounds)")
     p.add_argument("--warmup", type=int, default=2, help="untimed steps at the start of every call")

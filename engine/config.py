@@ -166,7 +166,7 @@ def add_dataclass_args(parser, cls: type, *, prefix: str = "", title: str | None
                                nargs="?", const=True, metavar="BOOL", help=f"{f.metadata.get('help', '')} [{default_text}]")
         else:
             group.add_argument(flag, dest=prefix + f.name, default=None, type=tp if tp in (int, float, str) else str,
-                               help=f"{f.metadata.get('help', '')} [{default_text}]")
+                               choices=f.metadata.get("choices"), help=f"{f.metadata.get('help', '')} [{default_text}]")
 
 
 def collect_dataclass_args(ns, cls: type, *, prefix: str = "") -> dict:

@@ -67,15 +67,21 @@ def validate_config(cfg: RunConfig) -> None:
         p.append(Problem("--flag-uncertain", f"must be in (0, 1], got {cfg.flags.flag_uncertain}"))
     if cfg.pretrain.pretrain and cfg.pretrain.pretrain_epochs < 1:
         p.append(Problem("--pretrain-epochs", "must be >= 1 when --pretrain is given"))
-    p += _method_param_problems(cfg)
+    if not p:  # the method is known
+        p += _method_param_problems(cfg)
     if p:
         raise InputError(p)
 
 
 def _method_param_problems(cfg: RunConfig) -> list[Problem]:
-    """Range checks on the method's hyper-parameters: learning rates and weights must be finite and >= 0."""
+    """Range checks on the method's hyper-parameters: numbers finite and >= 0, strings among their choices."""
     out = []
+    choices = {f.name: f.metadata.get("choices") for f in dataclasses.fields(get_method(cfg.runtime.method).config_cls)}
     for key, value in cfg.method_params.items():
+        allowed = choices.get(key)
+        if allowed and value not in allowed:
+            out.append(Problem(f"--{cfg.runtime.method}-{key.replace('_', '-')}", f"'{value}' is not one of "
+                               f"{', '.join(allowed)}"))
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             continue
         if not np.isfinite(value):
@@ -483,6 +489,7 @@ def _write_outputs(cfg: RunConfig, rd: R.RunDir, data: PreparedData, result: dic
         "method_params": dataclasses.asdict(result["method_cfg"]),
         "classes": classes,
         "best_epoch": state.best_epoch + 1,
+        "selected_stage": best.get("stage"),
         "meta_acc": state.best_meta_acc,
         "test_acc": best.get("test_acc"),
         "train_acc_majority": best.get("train_acc_majority"),
@@ -501,5 +508,9 @@ def _write_outputs(cfg: RunConfig, rd: R.RunDir, data: PreparedData, result: dic
         "format": 1, "backbone": cfg.model.backbone, "classes": classes, "image_size": cfg.data.image_size,
         "mean": list(mean), "std": list(std), "state_dict": {k: v.cpu() for k, v in model.state_dict().items()},
         "method": cfg.runtime.method, "engine_version": engine.__version__, "trained_on": str(cfg.data.dataset)})
+    if best.get("stage") == "warmup":
+        rd.log(f"note: the selected model is the warm-up's last epoch ({state.best_epoch + 1}): no epoch of "
+               f"{cfg.runtime.method}'s main phase reached its meta accuracy, so training rows carry the warm-up "
+               "model's predictions, not the method's soft labels")
     rd.log(f"wrote labels.csv ({int(flags['flag'].sum())} flagged), metrics.json (meta acc {state.best_meta_acc:.3f}"
            + (f", test acc {best['test_acc']:.3f}" if best.get("test_acc") is not None else "") + "), model.pt")

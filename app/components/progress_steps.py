@@ -25,7 +25,7 @@ def steps(*, key: str, dataset: Path | None, run: Path | None) -> None:
     cols = st.columns(5)
     with cols[0]:
         text = f"{ds.display_name(dataset)}" if dataset else "Open the demo dataset, a folder or a zip."
-        _card(1, "Data", "pages/data.py", dataset is not None, text)
+        _card(1, "Data", "views/data.py", dataset is not None, text)
     roles_saved = bool(dataset and ds.roles_file(dataset).exists())
     with cols[1]:
         if roles_saved:
@@ -35,7 +35,7 @@ def steps(*, key: str, dataset: Path | None, run: Path | None) -> None:
             text = f"Saved: {n_meta} meta and {n_test} test images."
         else:
             text = "Propose a meta and test set from consensus images, then check it by eye."
-        _card(2, "Meta set", "pages/meta.py", roles_saved, text, enabled=dataset is not None)
+        _card(2, "Meta set", "views/meta.py", roles_saved, text, enabled=dataset is not None)
     runs = [jobs.view(r) for r in store.list_runs(dataset=dataset)] if dataset else []
     done_runs = [r for r in runs if r.state == "done"]
     with cols[2]:
@@ -43,20 +43,20 @@ def steps(*, key: str, dataset: Path | None, run: Path | None) -> None:
             text = f"{len(runs)} run(s): latest {runs[0].name} is {runs[0].state}."
         else:
             text = "Train a model on the votes (methods ce, mslg, metalabelnet, …)."
-        _card(3, "Train", "pages/train.py", bool(done_runs), text, enabled=dataset is not None)
+        _card(3, "Train", "views/train.py", bool(done_runs), text, enabled=dataset is not None)
     reviewed = 0
     if run is not None:
         reviewed = len(store.current_decisions(run))
     with cols[3]:
         text = (f"{reviewed} decision(s) recorded on {run.name}." if run is not None
                 else "Check the flagged images one by one.")
-        _card(4, "Review", "pages/review.py", reviewed > 0, text, enabled=bool(done_runs) or run is not None)
+        _card(4, "Review", "views/review.py", reviewed > 0, text, enabled=bool(done_runs) or run is not None)
     from app.components.export_view import EXPORT_NAME
 
     exported = bool(run and (run / EXPORT_NAME).exists())
     with cols[4]:
         text = "Cleaned labels written." if exported else "Download the cleaned labels with their provenance."
-        _card(5, "Export", "pages/export.py", exported, text, enabled=run is not None)
+        _card(5, "Export", "views/export.py", exported, text, enabled=run is not None)
 
 
 def run_summary(*, key: str, run: Path | None) -> None:

@@ -24,7 +24,7 @@ def run_picker(*, key: str, purpose: str) -> Path | None:
     if not runs:
         st.info(f"No finished run to {purpose} yet: train one on the Train page first (it writes the run's "
                 "labels.csv with the flagged images).", icon=":material/model_training:")
-        st.page_link("pages/train.py", label="Go to Train", icon=":material/arrow_forward:")
+        st.page_link("views/train.py", label="Go to Train", icon=":material/arrow_forward:")
         return None
     current = state.run_dir()
     index = runs.index(current) if current in runs else 0

@@ -27,9 +27,9 @@ def register(cls: type[Method]) -> type[Method]:
     return cls
 
 
-def param(default, help: str):  # noqa: A002 - mirrors argparse
+def param(default, help: str, *, choices: tuple | None = None):  # noqa: A002 - mirrors argparse
     """A hyper-parameter field with its one-line help (shown by the CLI and the app); cite the paper in `help`."""
-    return field(default=default, metadata={"help": help})
+    return field(default=default, metadata={"help": help, **({"choices": choices} if choices else {})})
 
 
 @dataclass(frozen=True)

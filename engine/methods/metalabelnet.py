@@ -31,6 +31,9 @@ class MetaLabelNetConfig:
     beta: float = param(1e-3, "Adam learning rate of the label network (paper: tuned per dataset; 1e-3 default)")
     slp_weight_decay: float = param(1e-4, "Adam weight decay of the label network")
     entropy_weight: float = param(1.0, "weight of the entropy loss in the real update (paper: 1)")
+    meta_jvp: str = param("exact", "exact (forward-mode AD) or finite-difference (one forward cheaper, approximate, "
+                          "CPU/float32 only) for the Jacobian-vector product of the meta-gradient",
+                          choices=("exact", "finite-difference"))
 
 
 @register
@@ -77,7 +80,7 @@ class MetaLabelNet(Method):
             fb = self._batch_feats(b)
             surrogate, info, finish = soft_label_meta_step(
                 ctx, b, next(meta), lambda fb=fb: torch.softmax(self.slp(fb), 1), alpha=cfg.alpha,
-                entropy_weight=cfg.entropy_weight)
+                entropy_weight=cfg.entropy_weight, meta_jvp=cfg.meta_jvp)
             self.opt.zero_grad(set_to_none=True)
             surrogate.backward()
             self.opt.step()

@@ -33,6 +33,9 @@ class MSLGConfig:
     alpha: float = param(0.5, "learning rate of the virtual (look-ahead) step (paper: 0.5)")
     beta: float = param(4000.0, "label-variable learning rate at batch 128 × 10 classes; rescaled to the run (paper: 4000)")
     entropy_weight: float = param(1.0, "weight of the entropy loss in the real update (paper: 1)")
+    meta_jvp: str = param("exact", "exact (forward-mode AD) or finite-difference (one forward cheaper, approximate, "
+                          "CPU/float32 only) for the Jacobian-vector product of the meta-gradient",
+                          choices=("exact", "finite-difference"))
 
 
 def label_lr(beta: float, batch_size: int) -> float:
@@ -40,7 +43,7 @@ def label_lr(beta: float, batch_size: int) -> float:
     return beta * batch_size / REFERENCE_ELEMENTS
 
 
-def soft_label_meta_step(ctx, b, meta_batch, targets_fn, *, alpha, entropy_weight):
+def soft_label_meta_step(ctx, b, meta_batch, targets_fn, *, alpha, entropy_weight, meta_jvp="exact"):
     """Shared (a)-(b)-(c) skeleton. `targets_fn()` -> (B,K) soft labels with graph to the meta parameters.
 
     Returns (logits, surrogate, meta_info, finish) where `finish(new_targets)` does the real update (c).
@@ -49,7 +52,7 @@ def soft_label_meta_step(ctx, b, meta_batch, targets_fn, *, alpha, entropy_weigh
         logits = ctx.model(b.x)
     surrogate, info = lookahead_surrogate(
         ctx.model, x=b.x, logits=logits, targets=targets_fn(), loss_fn=kl_soft_targets,
-        meta_x=meta_batch.x, meta_y=meta_batch.y, lr=alpha, autocast=ctx.autocast)
+        meta_x=meta_batch.x, meta_y=meta_batch.y, lr=alpha, autocast=ctx.autocast, jvp_mode=meta_jvp)
 
     def finish(new_targets: torch.Tensor) -> torch.Tensor:
         loss = kl_soft_targets(logits, new_targets.detach()) + entropy_weight * entropy(logits)
@@ -85,7 +88,7 @@ class MSLG(Method):
             z = self.z[b.idx].clone().requires_grad_()
             surrogate, info, finish = soft_label_meta_step(
                 ctx, b, next(meta), lambda z=z: torch.softmax(z, 1), alpha=cfg.alpha,
-                entropy_weight=cfg.entropy_weight)
+                entropy_weight=cfg.entropy_weight, meta_jvp=cfg.meta_jvp)
             (gz,) = torch.autograd.grad(surrogate, z)
             z_new = (z - beta * gz).detach()  # eq. 2: plain SGD on the label variables
             check_finite(z_new, "main", epoch, step, "label variables")

@@ -83,7 +83,8 @@ def fit(ctx: TrainContext, method: Method, *, state: FitState | None = None,
         last_warm = epoch == min(ctx.warmup_epochs, ctx.epochs) - 1
         selectable = (last_warm or not warm) and (
             warm or getattr(method, "selectable", lambda: True)())  # e.g. O2U: not during its cyclical stage
-        if selectable and (meta_acc > state.best_meta_acc or state.best_model is None):
+        better = meta_acc > state.best_meta_acc or (meta_acc == state.best_meta_acc and not warm)  # ties: the method
+        if selectable and (better or state.best_model is None):
             state.best_epoch, state.best_meta_acc = epoch, meta_acc
             state.best_model = _cpu_state(model)
             soft = method.soft_labels() if state.started else ctx.predict_train(model)

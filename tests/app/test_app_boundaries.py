@@ -13,8 +13,8 @@ SCRIPT = f"""
 import sys
 from streamlit.testing.v1 import AppTest
 at = AppTest.from_file({HOME!r}, default_timeout=60).run()
-for page in ["pages/data.py", "pages/meta.py", "pages/train.py", "pages/review.py", "pages/export.py",
-             "pages/overview.py"]:
+for page in ["views/data.py", "views/meta.py", "views/train.py", "views/review.py", "views/export.py",
+             "views/overview.py"]:
     at.switch_page(page).run()
     assert not at.exception, (page, at.exception)
 heavy = sorted(m for m in ("torch", "timm", "torchvision") if m in sys.modules)

@@ -20,7 +20,7 @@ def test_export_writes_contract_columns_with_the_review_decision(at, fake_run, w
                            old_label=flagged["majority"], action="choose_class", note="checked")
 
     at.run()
-    at.switch_page("pages/export.py").run()
+    at.switch_page("views/export.py").run()
     assert not at.exception, at.exception
     metrics = {m.label: m.value for m in at.metric}
     assert metrics["Source: review"] == "1" and metrics["Images"] == str(len(labels))

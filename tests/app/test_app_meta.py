@@ -14,7 +14,7 @@ CLASSES = ["normal", "pre-plus", "plus"]
 
 def _propose(at):
     at.run()
-    at.switch_page("pages/meta.py").run()
+    at.switch_page("views/meta.py").run()
     assert "No meta set yet" in at.info[0].value
     next(b for b in at.form_submit_button if b.label.startswith("Propose")).click().run()
     assert not at.exception, at.exception

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-PAGES = ["pages/overview.py", "pages/data.py", "pages/meta.py", "pages/train.py", "pages/review.py",
-         "pages/export.py"]
+PAGES = ["views/overview.py", "views/data.py", "views/meta.py", "views/train.py", "views/review.py",
+         "views/export.py"]
 
 
 def _texts(at) -> str:
@@ -20,7 +20,7 @@ def test_page_without_dataset_shows_next_step(at, page):
     at.switch_page(page).run()
     assert not at.exception, at.exception
     assert not at.error, [e.value for e in at.error]
-    if page not in ("pages/overview.py", "pages/data.py"):
+    if page not in ("views/overview.py", "views/data.py"):
         assert "first" in _texts(at)  # "Open a dataset on the Data page first" / "train one ... first"
 
 
@@ -34,7 +34,7 @@ def test_page_renders_on_demo_with_a_run(at, fake_run, page):
 
 def test_data_page_summarises_the_demo(at, demo):
     at.run()
-    at.switch_page("pages/data.py").run()
+    at.switch_page("views/data.py").run()
     assert not at.exception
     metrics = {m.label: m.value for m in at.metric}
     assert metrics["Images"] == "24"
@@ -47,7 +47,7 @@ def test_data_page_summarises_the_demo(at, demo):
 def test_demo_button_opens_the_demo(at, demo, monkeypatch):
     monkeypatch.delenv("ROP_DATASET")
     at.run()
-    at.switch_page("pages/data.py").run()
+    at.switch_page("views/data.py").run()
     assert "Open a dataset to start" in _texts(at)
     at.button(key="data_open_demo").click().run()
     assert not at.exception, at.exception
@@ -57,7 +57,7 @@ def test_demo_button_opens_the_demo(at, demo, monkeypatch):
 
 def test_data_page_filters(at, demo):
     at.run()
-    at.switch_page("pages/data.py").run()
+    at.switch_page("views/data.py").run()
     n_all = len(at.image)
     at.selectbox(key="data_browse_agreement").set_value("unanimous (consensus)").run()
     assert not at.exception
@@ -69,7 +69,7 @@ def test_bad_folder_shows_problem_table(at, workspace, tmp_path):
     bad.mkdir()
     (bad / "votes.csv").write_text("image,dr_a\nmissing.png,plus\n../escape.png,normal\n")
     at.run()
-    at.switch_page("pages/data.py").run()
+    at.switch_page("views/data.py").run()
     at.text_input(key="data_open_path").set_value(str(bad))
     next(b for b in at.form_submit_button if b.label == "Open folder").click().run()
     assert not at.exception, at.exception
@@ -82,7 +82,7 @@ def test_bad_folder_shows_problem_table(at, workspace, tmp_path):
 def test_a_new_session_comes_back_to_the_last_dataset_and_run(at, fake_run, monkeypatch):
     """A browser refresh (a new session, no command-line options) finds the dataset and the finished run again."""
     at.run()
-    at.switch_page("pages/data.py").run()  # the command line opened the demo: it is recorded in the store
+    at.switch_page("views/data.py").run()  # the command line opened the demo: it is recorded in the store
     monkeypatch.delenv("ROP_DATASET")
     monkeypatch.delenv("ROP_RUN")
     from streamlit.testing.v1 import AppTest

@@ -9,7 +9,7 @@ from engine.review import ReviewStore
 
 def _start(at, name: str = "Dr Test"):
     at.run()
-    at.switch_page("pages/review.py").run()
+    at.switch_page("views/review.py").run()
     assert not at.exception, at.exception
     at.text_input(key="rv_name_input").set_value(name)
     next(b for b in at.form_submit_button if b.label == "Start reviewing").click().run()
@@ -33,7 +33,7 @@ def _flagged(run) -> pd.DataFrame:
 
 def test_reviewer_name_is_asked_once(at, fake_run):
     at.run()
-    at.switch_page("pages/review.py").run()
+    at.switch_page("views/review.py").run()
     assert at.text_input(key="rv_name_input") is not None
     assert not [b for b in at.button if b.key == "rv_accept"]  # no actions before the name is given
     _start(at)

@@ -41,7 +41,7 @@ def _wait(predicate, timeout=20.0):
 
 def _launch(at, **fields):
     at.run()
-    at.switch_page("pages/train.py").run()
+    at.switch_page("views/train.py").run()
     assert not at.exception, at.exception
     for name, value in fields.items():
         at.number_input(key=f"train_{name}").set_value(value)
@@ -88,7 +88,7 @@ def test_a_job_whose_process_is_gone_is_shown_failed_with_its_log(at, demo, work
     with ReviewStore(workspace / "review.db") as store:
         store.register_run(run_dir, dataset=demo, method="ce", state="running", pid=dead.pid)
     at.run()
-    at.switch_page("pages/train.py").run()
+    at.switch_page("views/train.py").run()
     assert not at.exception, at.exception
     assert any("failed" in e.value for e in at.error)
     assert any("OOM killer" in c.value for c in at.code)

@@ -73,7 +73,7 @@ def test_not_a_zip(tmp_path):
 
 def test_upload_on_the_data_page(at, workspace, demo_src):
     at.run()
-    at.switch_page("pages/data.py").run()
+    at.switch_page("views/data.py").run()
     at.file_uploader(key="data_open_zip").upload("study.zip", _zip(_dataset_members(demo_src)), "application/zip")
     at.run()
     at.button(key="data_open_unzip").click().run()
@@ -85,7 +85,7 @@ def test_upload_on_the_data_page(at, workspace, demo_src):
 
 def test_bad_upload_shows_problems_not_a_traceback(at, workspace):
     at.run()
-    at.switch_page("pages/data.py").run()
+    at.switch_page("views/data.py").run()
     at.file_uploader(key="data_open_zip").upload("bad.zip", _zip({"../x.png": b"", "votes.csv": b"image\n"}))
     at.run()
     at.button(key="data_open_unzip").click().run()

@@ -143,6 +143,12 @@ def test_demo_to_export_in_a_browser(server, page, tmp_path):
 
 
 def _flow(pg, url: str, workspace: Path, tmp_path: Path) -> None:
+    # A deep link as the very first request of a fresh server must go through the navigation frame too
+    # (a folder named app/pages/ once made Streamlit run the page script bare, which failed).
+    pg.goto(url.rstrip("/") + "/review")
+    pg.get_by_text("4 · Review").first.wait_for()
+    idle(pg)
+    assert pg.get_by_text("This app has encountered an error").count() == 0
     pg.goto(url)
     pg.get_by_text("ROP label review").first.wait_for()
     idle(pg)

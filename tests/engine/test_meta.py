@@ -101,3 +101,23 @@ def test_virtual_step_leaves_batchnorm_running_stats_and_weights_unchanged():
                         meta_x=mx, meta_y=my, lr=0.5)
     for k, v in model.state_dict().items():
         torch.testing.assert_close(v, before[k], rtol=0, atol=0)
+
+
+def test_finite_difference_jvp_approximates_the_exact_meta_gradient():
+    torch.manual_seed(3)
+    model = Tiny()  # float32, as the finite-difference mode requires
+    x, mx = torch.randn(6, 3, 5, 5), torch.randn(4, 3, 5, 5)
+    my = torch.tensor([0, 1, 2, 1])
+    z = (torch.randn(6, 3) * 2).requires_grad_()
+    grads = {}
+    for mode in ("exact", "finite-difference"):
+        s, _ = lookahead_surrogate(model, x=x, logits=model(x), targets=torch.softmax(z, 1), loss_fn=kl_soft_targets,
+                                   meta_x=mx, meta_y=my, lr=0.5, jvp_mode=mode)
+        grads[mode] = torch.autograd.grad(s, z)[0]
+    exact, approx = grads["exact"], grads["finite-difference"]
+    cos = torch.nn.functional.cosine_similarity(exact.flatten(), approx.flatten(), dim=0)
+    assert cos > 0.99
+    torch.testing.assert_close(approx, exact, rtol=0.1, atol=0.05 * float(exact.abs().max()))
+    with pytest.raises(ValueError, match="jvp_mode"):
+        lookahead_surrogate(model, x=x, logits=model(x), targets=torch.softmax(z, 1), loss_fn=kl_soft_targets,
+                            meta_x=mx, meta_y=my, lr=0.5, jvp_mode="guess")

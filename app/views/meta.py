@@ -12,9 +12,9 @@ st.caption("The meta set is a small set of images whose label you trust (all gra
 dataset = state.dataset()
 if dataset is None:
     st.info("Open a dataset on the Data page first.", icon=":material/folder_open:")
-    st.page_link("pages/data.py", label="Go to Data", icon=":material/arrow_forward:")
+    st.page_link("views/data.py", label="Go to Data", icon=":material/arrow_forward:")
     st.stop()
 
 with guard("edit the meta set"):
     meta_set_editor(key="meta", dataset=dataset)
-st.page_link("pages/train.py", label="Next: train a model", icon=":material/arrow_forward:")
+st.page_link("views/train.py", label="Next: train a model", icon=":material/arrow_forward:")

@@ -18,7 +18,7 @@ st.title("Train")
 dataset = state.dataset()
 if dataset is None:
     st.info("Open a dataset on the Data page first.", icon=":material/folder_open:")
-    st.page_link("pages/data.py", label="Go to Data", icon=":material/arrow_forward:")
+    st.page_link("views/data.py", label="Go to Data", icon=":material/arrow_forward:")
     st.stop()
 
 st.caption(f"Dataset: **{ds.display_name(dataset)}**. Training runs in the background as its own process: you can "
@@ -79,4 +79,4 @@ if current is not None:
             if st.button("Review the flagged images of this run", type="primary", key="train_to_review",
                          icon=":material/rate_review:"):
                 state.set_run(current)
-                st.switch_page("pages/review.py")
+                st.switch_page("views/review.py")

@@ -51,4 +51,4 @@ with guard("read the dataset"):
         summary.experts_table(rep)
     with tab_warnings:
         summary.warnings_list(rep)
-    st.page_link("pages/meta.py", label="Next: choose the meta set", icon=":material/arrow_forward:")
+    st.page_link("views/meta.py", label="Next: choose the meta set", icon=":material/arrow_forward:")

@@ -80,7 +80,7 @@ with guard("load the run's labels"):
     if wanted is None:
         if show == "to review" and n_done == n_total:
             st.success(f"All {n_total} flagged images are reviewed. Export the cleaned labels next.", icon=":material/celebration:")
-            st.page_link("pages/export.py", label="Go to Export", icon=":material/arrow_forward:")
+            st.page_link("views/export.py", label="Go to Export", icon=":material/arrow_forward:")
         else:
             st.info("No image matches these filters.")
     else:
