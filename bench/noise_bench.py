@@ -197,22 +197,17 @@ def _train_plain(ctx, epochs: int, lr_fn) -> None:
         ce_epoch(ctx, epoch, stage="baseline")
 
 
+def _meta_set_ctx(model, data: dict, sched: Schedule, seed: int, **kw):
+    """A context that trains on the meta set (the baselines), evaluated on the test set."""
+    return _ctx(model, data["meta_x"], data["meta_y"], data["meta_x"], data["meta_y"], data["test_x"],
+                data["test_y"], sched, seed, **kw)
+
+
 def run_finetune(ce_model, data: dict, sched: Schedule, seed: int) -> dict:
     """ce+finetune: the selected ce model, `finetune_epochs` of CE on the meta set at `finetune_lr`; last epoch."""
     t0 = time.time()
     model = copy.deepcopy(ce_model).train()
-    ctx = _ctx(
-        model,
-        data["meta_x"],
-        data["meta_y"],
-        data["meta_x"],
-        data["meta_y"],
-        data["test_x"],
-        data["test_y"],
-        sched,
-        seed,
-        lr=sched.finetune_lr,
-    )
+    ctx = _meta_set_ctx(model, data, sched, seed, lr=sched.finetune_lr)
     _train_plain(ctx, sched.finetune_epochs, lambda e: sched.finetune_lr)
     return _eval_plain(ctx, model, data, t0)
 
@@ -223,20 +218,7 @@ def run_meta_only(data: dict, sched: Schedule, seed: int) -> dict:
     model = _model(seed)
     e = sched.meta_only_epochs
     ms = [round(m * e / sched.epochs) for m in sched.milestones]
-    ctx = _ctx(
-        model,
-        data["meta_x"],
-        data["meta_y"],
-        data["meta_x"],
-        data["meta_y"],
-        data["test_x"],
-        data["test_y"],
-        sched,
-        seed,
-        epochs=e,
-        warmup=e,
-        milestones=ms,
-    )
+    ctx = _meta_set_ctx(model, data, sched, seed, epochs=e, warmup=e, milestones=ms)
     _train_plain(ctx, e, ctx.lr_at)
     return _eval_plain(ctx, model, data, t0)
 

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from engine.data.images import ImageReadError
+from engine.data.images import ImageReadError, has_dicom_marker
 
 # Tags read besides pydicom's image-pixel group 0028 (which holds window, rescale, VOI/modality/palette LUTs).
 _EXTRA_TAGS = [
@@ -203,15 +203,7 @@ def _decode_failure_reason(path: Path) -> str:
         reason = missing_codec_reason(str(syntax))
         if reason:
             return reason
-    elif not _looks_like_dicom(path):
+    elif not has_dicom_marker(path):
         return "not a readable DICOM file"
     return "not a readable DICOM file (corrupt, truncated or without pixel data)"
 
-
-def _looks_like_dicom(path: Path) -> bool:
-    try:
-        with open(path, "rb") as fh:
-            head = fh.read(132)
-    except OSError:
-        return False
-    return head[128:132] == b"DICM"

@@ -29,7 +29,8 @@ class ImageReadError(ValueError):
         super().__init__(f"{self.path}: {reason}")
 
 
-def _has_dicom_marker(path: Path) -> bool:
+def has_dicom_marker(path: Path) -> bool:
+    """True when the file carries the DICOM 'DICM' marker at byte 128 (the Part 10 preamble)."""
     try:
         with open(path, "rb") as fh:
             head = fh.read(132)
@@ -41,7 +42,7 @@ def _has_dicom_marker(path: Path) -> bool:
 def is_dicom(path: os.PathLike | str) -> bool:
     """True for a .dcm/.dicom file or any file with the DICOM 'DICM' marker at byte 128."""
     path = Path(path)
-    return path.suffix.lower() in DICOM_EXTENSIONS or _has_dicom_marker(path)
+    return path.suffix.lower() in DICOM_EXTENSIONS or has_dicom_marker(path)
 
 
 def is_image_file(path: os.PathLike | str) -> bool:
@@ -50,7 +51,7 @@ def is_image_file(path: os.PathLike | str) -> bool:
     suffix = path.suffix.lower()
     if suffix in IMAGE_EXTENSIONS:
         return True
-    return suffix == "" and path.is_file() and _has_dicom_marker(path)
+    return suffix == "" and path.is_file() and has_dicom_marker(path)
 
 
 def _to_uint8_gray(arr: np.ndarray) -> np.ndarray:
@@ -100,7 +101,7 @@ def load_rgb(path: os.PathLike | str) -> np.ndarray:
     path = Path(path)
     _check_file(path)
     suffix = path.suffix.lower()
-    if suffix in DICOM_EXTENSIONS or (suffix not in PIL_EXTENSIONS and _has_dicom_marker(path)):
+    if suffix in DICOM_EXTENSIONS or (suffix not in PIL_EXTENSIONS and has_dicom_marker(path)):
         from engine.data.dicom import read_dicom_rgb
 
         return read_dicom_rgb(path)

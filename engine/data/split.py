@@ -30,6 +30,7 @@ from engine import atomic
 from engine.data import schema as S
 from engine.data.votes import (
     VOTES_FILE,
+    duplicate_image_problem,
     image_key,
     normalise_image,
     parse_csv,
@@ -287,14 +288,7 @@ def read_roles(path: Path | str, table: VoteTable) -> pd.Series:
         role = rec[cr].strip().lower()
         key = image_key(rel)
         if key in seen:
-            problems.append(
-                Problem(
-                    name,
-                    f"image '{rel}' is listed twice (also row {seen[key]})",
-                    fix="keep one row per image",
-                    row=rownum,
-                )
-            )
+            problems.append(duplicate_image_problem(name, rel, seen[key], rownum))
             continue
         seen[key] = rownum
         if key not in position:

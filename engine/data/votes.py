@@ -207,6 +207,11 @@ def image_key(rel: str) -> str:
     return posixpath.normpath(rel) if rel else rel
 
 
+def duplicate_image_problem(name: str, rel: str, first_row: int, row: int, fix: str = "keep one row per image"):
+    """The problem for an image listed a second time in a CSV (votes.csv or a roles file)."""
+    return Problem(name, f"image '{rel}' is listed twice (also row {first_row})", fix=fix, row=row)
+
+
 def path_problem(root: Path, rel: str) -> str | None:
     """Why `rel` (relative image path) is refused as outside the dataset folder, or None when it is inside."""
     if rel.startswith("/") or re.match(r"^[A-Za-z]:", rel):
@@ -405,14 +410,8 @@ def read_votes(
         else:
             key = image_key(rel)
             if key in seen:
-                problems.append(
-                    Problem(
-                        name,
-                        f"image '{rel}' is listed twice (also row {seen[key]})",
-                        fix="keep one row per image (merge the grades into it)",
-                        row=rownum,
-                    )
-                )
+                problems.append(duplicate_image_problem(name, rel, seen[key], rownum,
+                                                        "keep one row per image (merge the grades into it)"))
             else:
                 seen[key] = rownum
             outside = path_problem(root, rel)
