@@ -100,6 +100,8 @@ def build(model_name: str, method: str, device: str, *, n_train: int = 512, seed
     params = dict(kv.split("=", 1) for kv in opts.split(",") if kv)
     m = cls(cls.config_cls(**params), ctx)
     m.start()
+    if hasattr(m, "check"):  # steady state: the look-ahead check adds a meta forward to the first 10 steps only
+        m.check.steps_left = 0
     return ctx, m
 
 

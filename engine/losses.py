@@ -11,15 +11,18 @@ def upcast(t: torch.Tensor) -> torch.Tensor:
     return t.float() if t.dtype in (torch.float16, torch.bfloat16) else t
 
 
-def kl_soft_targets(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    """KL(targets || softmax(logits)), summed over classes, averaged over the batch. (B,K),(B,K) -> scalar.
+def kl_prediction_to_label(logits: torch.Tensor, label_logp: torch.Tensor) -> torch.Tensor:
+    """KL(softmax(logits) || label) = Σ_k p_k (log p_k − log label_k), summed over classes, averaged over the batch.
 
-    The classification loss of MSLG / MetaLabelNet (their eq. 1 / 5). Its gradient w.r.t. the logits is
-    (softmax(logits) - targets) / B, the same as soft-target cross-entropy.
+    (B,K) logits, (B,K) label log-probabilities -> scalar. The classification loss of MSLG / MetaLabelNet,
+    L_KL(f_θ(x), ŷ) in their eqs. 1/4 and 5/11, in PENCIL's direction (the model's prediction first), as in the
+    authors' code. The direction matters for the meta-gradient: ∂²L/∂logits∂(label logits) = −(diag(p) − ppᵀ)/B is
+    set by the *model's* softmax, so label variables initialised at K·onehot (a saturated softmax) still receive a
+    gradient; in the other direction, KL(label || p), it is −(diag(t) − ttᵀ)/B ≈ 4e-4 at K=10 and labels never move.
+    The label enters as log-probabilities (log_softmax of label logits) so that no clamp cuts its gradient.
     """
     logp = F.log_softmax(upcast(logits), dim=1)
-    t = upcast(targets)
-    return (t * (torch.log(t.clamp_min(1e-12)) - logp)).sum(1).mean()
+    return (logp.exp() * (logp - upcast(label_logp))).sum(1).mean()
 
 
 def soft_cross_entropy(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:

@@ -62,6 +62,7 @@ def lookahead_surrogate(
     step_fn: Callable[[dict, dict], dict] | None = None,
     autocast=None,
     jvp_mode: str = "exact",
+    grads: dict[str, torch.Tensor] | None = None,
 ) -> tuple[torch.Tensor, dict]:
     """Surrogate S(φ) whose gradient w.r.t. the meta parameters equals ∂L_meta(θ'(φ))/∂φ at the current φ.
 
@@ -73,14 +74,16 @@ def lookahead_surrogate(
 
     `jvp_mode="exact"` computes u = J g' by forward-mode AD; `"finite-difference"` approximates it with one extra
     forward, u ≈ (f(θ + εg') − f(θ)) / ε with ε = 0.01/‖g'‖ (as DARTS does): cheaper, O(ε) error, float32 only.
+
+    `grads`: the virtual step's direction when the caller already has it (name -> gradient); it may include terms
+    that do not depend on φ (an entropy loss), which move θ' but leave the surrogate's form unchanged.
     """
     autocast = autocast or contextlib.nullcontext
     params = trainable(model)
     names = list(params)
-    # ∇_θ L(θ, φ) at the current targets (φ fixed): the virtual step direction.
-    loss = loss_fn(logits, targets.detach())
-    grads = torch.autograd.grad(loss, [params[n] for n in names], retain_graph=True)
-    grads = dict(zip(names, grads, strict=True))
+    if grads is None:  # ∇_θ L(θ, φ) at the current targets (φ fixed): the virtual step direction.
+        loss = loss_fn(logits, targets.detach())
+        grads = dict(zip(names, torch.autograd.grad(loss, [params[n] for n in names], retain_graph=True), strict=True))
     new = (step_fn or (lambda p, g: sgd_lookahead(p, g, lr)))(params, grads)
     new = {n: t.detach().requires_grad_() for n, t in new.items()}
     # g' = ∇_θ' L_meta(θ') on the meta batch.

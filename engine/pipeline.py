@@ -259,6 +259,8 @@ class Progress:
         meta = rec.get("meta_acc")
         self.rd.log(f"epoch {rec['epoch'] + 1}/{self.cfg.schedule.epochs} [{rec['stage']}] loss {rec.get('loss', 0):.4f} "
                     f"meta acc {meta:.3f}" + (f" test acc {rec['test_acc']:.3f}" if rec.get("test_acc") is not None else ""))
+        for note in rec.get("notes", []):
+            self.rd.log(f"note: {note}")
 
     def close(self):
         if self.bar:

@@ -19,7 +19,7 @@ import torch
 from torch import nn
 
 from engine.methods.base import Method, param, register
-from engine.methods.mslg import soft_label_meta_step
+from engine.methods.soft_label_step import LookaheadCheck, meta_jvp_param, real_update_param, soft_label_meta_step
 from engine.models import features
 from engine.train.context import check_finite
 from engine.train.steps import EpochMeter
@@ -27,13 +27,13 @@ from engine.train.steps import EpochMeter
 
 @dataclass(frozen=True)
 class MetaLabelNetConfig:
-    alpha: float = param(0.5, "learning rate of the virtual (look-ahead) step, as in MSLG")
+    alpha: float = param(0.5, "learning rate of the virtual (look-ahead) step, as in MSLG; divided by 10 when it "
+                         "breaks the model in the first steps (logged)")
     beta: float = param(1e-3, "Adam learning rate of the label network (paper: tuned per dataset; 1e-3 default)")
     slp_weight_decay: float = param(1e-4, "Adam weight decay of the label network")
     entropy_weight: float = param(1.0, "weight of the entropy loss in the real update (paper: 1)")
-    meta_jvp: str = param("exact", "exact (forward-mode AD) or finite-difference (one forward cheaper, approximate, "
-                          "CPU/float32 only) for the Jacobian-vector product of the meta-gradient",
-                          choices=("exact", "finite-difference"))
+    meta_jvp: str = meta_jvp_param()
+    real_update: str = real_update_param()
 
 
 @register
@@ -55,6 +55,7 @@ class MetaLabelNet(Method):
         self.slp.requires_grad_(True)
         self.feats = self._extract(extractor)  # (N, 2, F): plain and flipped
         self.opt = torch.optim.Adam(self.slp.parameters(), lr=self.cfg.beta, weight_decay=self.cfg.slp_weight_decay)
+        self.check = LookaheadCheck(self.cfg.alpha)
 
     @torch.no_grad()
     def _extract(self, extractor) -> torch.Tensor:
@@ -76,28 +77,30 @@ class MetaLabelNet(Method):
         ctx.model.train()
         meta = ctx.meta_batches(epoch)
         meter = EpochMeter(ctx, epoch, ctx.steps_per_epoch(len(ctx.train)))
+        backoffs = self.check.backoffs
         for step, b in enumerate(ctx.batches(epoch, labeled_only=False)):
             fb = self._batch_feats(b)
             surrogate, info, finish = soft_label_meta_step(
-                ctx, b, next(meta), lambda fb=fb: torch.softmax(self.slp(fb), 1), alpha=cfg.alpha,
-                entropy_weight=cfg.entropy_weight, meta_jvp=cfg.meta_jvp)
+                ctx, b, next(meta), lambda fb=fb: torch.log_softmax(self.slp(fb), 1), check=self.check,
+                entropy_weight=cfg.entropy_weight, meta_jvp=cfg.meta_jvp, real_update=cfg.real_update)
             self.opt.zero_grad(set_to_none=True)
             surrogate.backward()
             self.opt.step()
             with torch.no_grad():
-                new_targets = torch.softmax(self.slp(fb), 1)
-            check_finite(new_targets, "main", epoch, step, "label network output")
-            loss = finish(new_targets)
+                new_label_logp = torch.log_softmax(self.slp(fb), 1)
+            check_finite(new_label_logp, "main", epoch, step, "label network output")
+            loss = finish(new_label_logp)
             check_finite(loss, "main", epoch, step)
             meter.step(step, loss=loss, meta_loss=info["meta_loss"])
-        return meter.means()
+        return {**meter.means(), **self.check.epoch_stats(backoffs, "--metalabelnet-alpha")}
 
     @torch.no_grad()
     def soft_labels(self) -> torch.Tensor:
         return torch.softmax(self.slp(self.feats[:, 0]), 1).float().cpu()
 
     def state_dict(self) -> dict:
-        return {"slp": self.slp.state_dict(), "opt": self.opt.state_dict(), "feats": self.feats.cpu()}
+        return {"slp": self.slp.state_dict(), "opt": self.opt.state_dict(), "feats": self.feats.cpu(),
+                "check": self.check.state_dict()}
 
     def load_state_dict(self, state: dict) -> None:
         ctx = self.ctx
@@ -106,3 +109,5 @@ class MetaLabelNet(Method):
         self.feats = state["feats"].to(ctx.device)
         self.opt = torch.optim.Adam(self.slp.parameters(), lr=self.cfg.beta, weight_decay=self.cfg.slp_weight_decay)
         self.opt.load_state_dict(state["opt"])
+        self.check = LookaheadCheck(self.cfg.alpha)
+        self.check.load_state_dict(state.get("check", {}))

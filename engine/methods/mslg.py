@@ -6,9 +6,17 @@ A free label variable ŷ_i per training image, initialised K·onehot(majority). 
  (c) θ ← SGD step on KL(f_θ(x) ‖ softmax(ŷ_new)) + entropy(f_θ(x))                   (eqs. 3–4)
 Defaults from the ROP study: K=10, α=0.5, β=4000 (base SGD: momentum 0.9, wd 1e-4, lr 1e-3 → 1e-4 → 1e-5).
 
-Label learning-rate rule: the paper's β=4000 goes with a loss averaged over batch × classes at batch 128 × 10
-classes (1280 elements). Our KL is summed over classes and averaged over the batch, so the gradient reaching each
-label variable is 1280/B times larger than in that setting; to take the same step we use β' = β · B / 1280.
+The KL runs from the model's prediction to the label (PENCIL's compatibility loss, which the paper adapts, and the
+authors' code): only then does the meta-gradient reach label variables at K·onehot (see
+`engine.losses.kl_prediction_to_label`). `real_update="same-pass"` is a cheaper variant of (c), off by default.
+
+Loss scale, as in the authors' code: the KL and entropy losses are averaged over batch × classes (`torch.mean` of
+a (B, C) tensor for C classes), so α and the real update act on the per-class mean, and the real update takes C× smaller steps
+than the warm-up's cross-entropy at the same learning rate.
+
+Label learning-rate rule: the paper's β=4000 goes with that batch × classes mean at batch 128 × 10 classes (1280
+elements), i.e. each label variable moves by β/1280 times its per-sample gradient. At batch B with C classes the
+per-sample factor is 1/(B·C), so to take the same step we use β' = β · B · C / 1280.
 """
 
 from __future__ import annotations
@@ -17,51 +25,28 @@ from dataclasses import dataclass
 
 import torch
 
-from engine.losses import entropy, kl_soft_targets
-from engine.meta import lookahead_surrogate
 from engine.methods.base import Method, param, register
+from engine.methods.soft_label_step import LookaheadCheck, meta_jvp_param, real_update_param, soft_label_meta_step
 from engine.train.context import check_finite
 from engine.train.steps import EpochMeter
 
 REFERENCE_ELEMENTS = 128 * 10  # batch × classes the paper's β was tuned for
 
 
-
 @dataclass(frozen=True)
 class MSLGConfig:
     k: float = param(10.0, "label variables start at K·onehot(majority) (paper: K=10)")
-    alpha: float = param(0.5, "learning rate of the virtual (look-ahead) step (paper: 0.5)")
+    alpha: float = param(0.5, "learning rate of the virtual (look-ahead) step (paper: 0.5); divided by 10 when it "
+                         "breaks the model in the first steps (logged)")
     beta: float = param(4000.0, "label-variable learning rate at batch 128 × 10 classes; rescaled to the run (paper: 4000)")
     entropy_weight: float = param(1.0, "weight of the entropy loss in the real update (paper: 1)")
-    meta_jvp: str = param("exact", "exact (forward-mode AD) or finite-difference (one forward cheaper, approximate, "
-                          "CPU/float32 only) for the Jacobian-vector product of the meta-gradient",
-                          choices=("exact", "finite-difference"))
+    meta_jvp: str = meta_jvp_param()
+    real_update: str = real_update_param()
 
 
-def label_lr(beta: float, batch_size: int) -> float:
-    """β' = β · B / 1280: the paper's β for a loss averaged over 128 × 10 elements, for our batch-mean KL."""
-    return beta * batch_size / REFERENCE_ELEMENTS
-
-
-def soft_label_meta_step(ctx, b, meta_batch, targets_fn, *, alpha, entropy_weight, meta_jvp="exact"):
-    """Shared (a)-(b)-(c) skeleton. `targets_fn()` -> (B,K) soft labels with graph to the meta parameters.
-
-    Returns (logits, surrogate, meta_info, finish) where `finish(new_targets)` does the real update (c).
-    """
-    with ctx.autocast():
-        logits = ctx.model(b.x)
-    surrogate, info = lookahead_surrogate(
-        ctx.model, x=b.x, logits=logits, targets=targets_fn(), loss_fn=kl_soft_targets,
-        meta_x=meta_batch.x, meta_y=meta_batch.y, lr=alpha, autocast=ctx.autocast, jvp_mode=meta_jvp)
-
-    def finish(new_targets: torch.Tensor) -> torch.Tensor:
-        loss = kl_soft_targets(logits, new_targets.detach()) + entropy_weight * entropy(logits)
-        ctx.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        ctx.optimizer.step()
-        return loss.detach()
-
-    return surrogate, info, finish
+def label_lr(beta: float, batch_size: int, num_classes: int) -> float:
+    """β' = β · B · C / 1280: the same per-sample step as the paper's β at batch 128 × 10 classes."""
+    return beta * batch_size * num_classes / REFERENCE_ELEMENTS
 
 
 @register
@@ -77,26 +62,28 @@ class MSLG(Method):
         z = torch.zeros(len(y), ctx.num_classes, device=ctx.device)
         z[torch.arange(len(y), device=ctx.device), y] = self.cfg.k
         self.z = z  # (N_train, K) label variables, indexed by training sample index
+        self.check = LookaheadCheck(self.cfg.alpha)
 
     def train_epoch(self, epoch: int) -> dict:
         ctx, cfg = self.ctx, self.cfg
         ctx.model.train()
-        beta = label_lr(cfg.beta, ctx.batch_size)
+        beta = label_lr(cfg.beta, ctx.batch_size, ctx.num_classes)
         meta = ctx.meta_batches(epoch)
         meter = EpochMeter(ctx, epoch, ctx.steps_per_epoch())
+        backoffs = self.check.backoffs
         for step, b in enumerate(ctx.batches(epoch)):
             z = self.z[b.idx].clone().requires_grad_()
             surrogate, info, finish = soft_label_meta_step(
-                ctx, b, next(meta), lambda z=z: torch.softmax(z, 1), alpha=cfg.alpha,
-                entropy_weight=cfg.entropy_weight, meta_jvp=cfg.meta_jvp)
+                ctx, b, next(meta), lambda z=z: torch.log_softmax(z, 1), check=self.check,
+                entropy_weight=cfg.entropy_weight, meta_jvp=cfg.meta_jvp, real_update=cfg.real_update)
             (gz,) = torch.autograd.grad(surrogate, z)
             z_new = (z - beta * gz).detach()  # eq. 2: plain SGD on the label variables
             check_finite(z_new, "main", epoch, step, "label variables")
             self.z[b.idx] = z_new
-            loss = finish(torch.softmax(z_new, 1))
+            loss = finish(torch.log_softmax(z_new, 1))
             check_finite(loss, "main", epoch, step)
             meter.step(step, loss=loss, meta_loss=info["meta_loss"])
-        return meter.means()
+        return {**meter.means(), **self.check.epoch_stats(backoffs, "--mslg-alpha")}
 
     def soft_labels(self) -> torch.Tensor:
         """softmax of the label variables; rows without a majority label (never trained on) get the model's output."""
@@ -107,7 +94,9 @@ class MSLG(Method):
         return soft
 
     def state_dict(self) -> dict:
-        return {"z": self.z.cpu()}
+        return {"z": self.z.cpu(), "check": self.check.state_dict()}
 
     def load_state_dict(self, state: dict) -> None:
         self.z = state["z"].to(self.ctx.device)
+        self.check = LookaheadCheck(self.cfg.alpha)
+        self.check.load_state_dict(state.get("check", {}))

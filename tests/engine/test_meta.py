@@ -7,7 +7,7 @@ import torch
 from torch import nn
 from torch.func import functional_call
 
-from engine.losses import kl_soft_targets
+from engine.losses import kl_prediction_to_label
 from engine.meta import lookahead_surrogate
 
 
@@ -40,7 +40,7 @@ def _unrolled_meta_loss(model, x, z, mx, my, lr):
     params = dict(model.named_parameters())
     buffers = {n: b.clone() for n, b in model.named_buffers()}
     logits = functional_call(model, {**params, **buffers}, (x,))
-    loss = kl_soft_targets(logits, torch.softmax(z, 1))
+    loss = kl_prediction_to_label(logits, torch.log_softmax(z, 1))
     grads = torch.autograd.grad(loss, list(params.values()), create_graph=True)
     new = {n: p - lr * g for (n, p), g in zip(params.items(), grads, strict=True)}
     meta_logits = functional_call(model, {**new, **{n: b.clone() for n, b in model.named_buffers()}}, (mx,))
@@ -53,8 +53,8 @@ def test_surrogate_gradient_matches_unrolled_second_order(lr):
     expected = torch.autograd.grad(_unrolled_meta_loss(model, x, z, mx, my, lr), z)[0]
 
     logits = model(x)
-    surrogate, info = lookahead_surrogate(model, x=x, logits=logits, targets=torch.softmax(z, 1),
-                                          loss_fn=kl_soft_targets, meta_x=mx, meta_y=my, lr=lr)
+    surrogate, info = lookahead_surrogate(model, x=x, logits=logits, targets=torch.log_softmax(z, 1),
+                                          loss_fn=kl_prediction_to_label, meta_x=mx, meta_y=my, lr=lr)
     got = torch.autograd.grad(surrogate, z)[0]
     assert expected.abs().max() > 1e-6  # the check is not vacuous
     torch.testing.assert_close(got, expected, rtol=1e-6, atol=1e-9)
@@ -65,8 +65,8 @@ def test_surrogate_gradient_matches_finite_differences():
     model, x, mx, my, z = _setup(1)
     lr = 0.3
     logits = model(x)
-    surrogate, _ = lookahead_surrogate(model, x=x, logits=logits, targets=torch.softmax(z, 1),
-                                       loss_fn=kl_soft_targets, meta_x=mx, meta_y=my, lr=lr)
+    surrogate, _ = lookahead_surrogate(model, x=x, logits=logits, targets=torch.log_softmax(z, 1),
+                                       loss_fn=kl_prediction_to_label, meta_x=mx, meta_y=my, lr=lr)
     got = torch.autograd.grad(surrogate, z)[0]
     eps = 1e-6
     fd = torch.zeros_like(z)
@@ -84,7 +84,7 @@ def _meta_loss_plain(model, x, z, mx, my, lr):
     """Independent of autograd-through-autograd: copy the model, take a real SGD step, evaluate the meta loss."""
     m = copy.deepcopy(model)
     with torch.enable_grad():
-        loss = kl_soft_targets(m(x), torch.softmax(z, 1))
+        loss = kl_prediction_to_label(m(x), torch.log_softmax(z, 1))
         grads = torch.autograd.grad(loss, list(m.parameters()))
     with torch.no_grad():
         for p, g in zip(m.parameters(), grads, strict=True):
@@ -97,7 +97,7 @@ def test_virtual_step_leaves_batchnorm_running_stats_and_weights_unchanged():
     model, x, mx, my, z = _setup(2)
     logits = model(x)  # the one real forward updates running stats once
     before = {k: v.clone() for k, v in model.state_dict().items()}
-    lookahead_surrogate(model, x=x, logits=logits, targets=torch.softmax(z, 1), loss_fn=kl_soft_targets,
+    lookahead_surrogate(model, x=x, logits=logits, targets=torch.log_softmax(z, 1), loss_fn=kl_prediction_to_label,
                         meta_x=mx, meta_y=my, lr=0.5)
     for k, v in model.state_dict().items():
         torch.testing.assert_close(v, before[k], rtol=0, atol=0)
@@ -111,7 +111,7 @@ def test_finite_difference_jvp_approximates_the_exact_meta_gradient():
     z = (torch.randn(6, 3) * 2).requires_grad_()
     grads = {}
     for mode in ("exact", "finite-difference"):
-        s, _ = lookahead_surrogate(model, x=x, logits=model(x), targets=torch.softmax(z, 1), loss_fn=kl_soft_targets,
+        s, _ = lookahead_surrogate(model, x=x, logits=model(x), targets=torch.log_softmax(z, 1), loss_fn=kl_prediction_to_label,
                                    meta_x=mx, meta_y=my, lr=0.5, jvp_mode=mode)
         grads[mode] = torch.autograd.grad(s, z)[0]
     exact, approx = grads["exact"], grads["finite-difference"]
@@ -119,5 +119,5 @@ def test_finite_difference_jvp_approximates_the_exact_meta_gradient():
     assert cos > 0.99
     torch.testing.assert_close(approx, exact, rtol=0.1, atol=0.05 * float(exact.abs().max()))
     with pytest.raises(ValueError, match="jvp_mode"):
-        lookahead_surrogate(model, x=x, logits=model(x), targets=torch.softmax(z, 1), loss_fn=kl_soft_targets,
+        lookahead_surrogate(model, x=x, logits=model(x), targets=torch.log_softmax(z, 1), loss_fn=kl_prediction_to_label,
                             meta_x=mx, meta_y=my, lr=0.5, jvp_mode="guess")

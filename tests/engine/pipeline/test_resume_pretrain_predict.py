@@ -109,3 +109,13 @@ def test_non_finite_loss_stops_with_step_and_keeps_checkpoint(tiny_dataset, tmp_
     assert code == 2
     assert "NaN/inf" in err and "step" in err
     assert json.loads((rd / "status.json").read_text())["state"] == "failed"
+
+
+def test_a_lookahead_that_breaks_the_model_is_backed_off_and_logged(tiny_dataset, tmp_path):
+    out = tmp_path / "run"
+    assert main(run_args(tiny_dataset, out, "mslg", "--epochs", "2", "--warmup-epochs", "1",
+                         "--mslg-alpha", "10000")) == 0
+    log = (out / "log.txt").read_text()
+    assert "note: the look-ahead step broke the model" in log and "--mslg-alpha" in log
+    main_epoch = json.loads((out / "metrics.json").read_text())["history"][1]
+    assert main_epoch["stage"] == "main" and main_epoch["alpha"] < 10000
