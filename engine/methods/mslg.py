@@ -11,8 +11,8 @@ authors' code): only then does the meta-gradient reach label variables at K·one
 `engine.losses.kl_prediction_to_label`). `real_update="same-pass"` is a cheaper variant of (c), off by default.
 
 Loss scale, as in the authors' code: the KL and entropy losses are averaged over batch × classes (`torch.mean` of
-a (B, C) tensor for C classes), so α and the real update act on the per-class mean, and the real update takes C× smaller steps
-than the warm-up's cross-entropy at the same learning rate.
+a (B, C) tensor for C classes), so α and the real update act on the per-class mean, and the real update takes
+C× smaller steps than the warm-up's cross-entropy at the same learning rate.
 
 Label learning-rate rule: the paper's β=4000 goes with that batch × classes mean at batch 128 × 10 classes (1280
 elements), i.e. each label variable moves by β/1280 times its per-sample gradient. At batch B with C classes the
