@@ -121,9 +121,13 @@ def init_session() -> None:
             st.session_state[RUN] = finished[0]
 
 
-def dataset() -> Path | None:
-    value = st.session_state.get(DATASET)
+def _path(key: str) -> Path | None:
+    value = st.session_state.get(key)
     return Path(value) if value else None
+
+
+def dataset() -> Path | None:
+    return _path(DATASET)
 
 
 def set_dataset(path: Path | str | None) -> None:
@@ -137,8 +141,7 @@ def set_dataset(path: Path | str | None) -> None:
 
 
 def run_dir() -> Path | None:
-    value = st.session_state.get(RUN)
-    return Path(value) if value else None
+    return _path(RUN)
 
 
 def set_run(path: Path | str | None) -> None:
