@@ -16,6 +16,7 @@ METRICS = "metrics.json"
 MODEL = "model.pt"
 CHECKPOINT = "checkpoint.pt"  # last complete epoch, for --resume
 PRETRAIN = "pretrain.pt"  # DR-pretraining backbone checkpoint
+CROSSFIT = "crossfit.pt"  # finished folds of the estimation stage, for --resume
 ROLES = "roles.csv"  # image, role as used by this run
 
 STATES = ("queued", "running", "done", "failed", "cancelled")

@@ -22,8 +22,11 @@ PROB_PREFIX = "p:"  # p:<class> soft-label / probability columns
 SUGGESTED = "suggested"
 CONFIDENCE = "confidence"
 FLAG = "flag"
-FLAG_REASON = "flag_reason"
-FLAG_SCORE = "flag_score"
+FLAG_CODE = "flag_code"  # ';'-joined machine-readable reasons (engine.flags.FLAG_CODES), the first is the primary
+FLAG_REASON = "flag_reason"  # the same reasons in words, for people (never parsed)
+FLAG_SCORE = "flag_score"  # P(the majority label is wrong)
+PRIORITY = "priority"  # review order, higher first (expected severity distance on an ordinal scale)
+METHOD_PROB_PREFIX = "method_p:"  # method_p:<class>: the method's own soft label / its model's prediction
 
 # export (cleaned labels)
 FINAL_LABEL = "final_label"
@@ -36,7 +39,7 @@ REVIEWED_AT = "reviewed_at"
 PREDICTED = "predicted"
 
 LABELS_COLUMNS_HEAD = (IMAGE, ROLE, VOTES, MAJORITY, CONSENSUS)
-LABELS_COLUMNS_TAIL = (SUGGESTED, CONFIDENCE, FLAG, FLAG_REASON, FLAG_SCORE)
+LABELS_COLUMNS_TAIL = (SUGGESTED, CONFIDENCE, FLAG, FLAG_CODE, FLAG_REASON, FLAG_SCORE, PRIORITY)
 
 
 def prob_col(cls: str) -> str:
@@ -47,8 +50,12 @@ def prob_cols(classes) -> list[str]:
     return [prob_col(c) for c in classes]
 
 
+def method_prob_col(cls: str) -> str:
+    return f"{METHOD_PROB_PREFIX}{cls}"
+
+
 def labels_columns(classes) -> list[str]:
-    return [*LABELS_COLUMNS_HEAD, *prob_cols(classes), *LABELS_COLUMNS_TAIL]
+    return [*LABELS_COLUMNS_HEAD, *prob_cols(classes), *LABELS_COLUMNS_TAIL, *(method_prob_col(c) for c in classes)]
 
 
 def export_columns(classes) -> list[str]:

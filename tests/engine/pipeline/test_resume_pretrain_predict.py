@@ -94,11 +94,11 @@ def test_predict_round_trip_png_and_dicom(tiny_dataset, tmp_path):
     pred = pd.read_csv(out)
     assert list(pred.columns) == S.predict_columns(CLASSES)
     assert pred[S.IMAGE].str.endswith(".dcm").sum() == len(dicoms) >= 1
-    # the same model and preprocessing as the run's own evaluation of meta/test rows
+    # the same model and preprocessing as the run's own evaluation of meta/test rows (method_p: the model's view)
     by_image = pred.set_index(S.IMAGE)
     for _, row in evaluated.iterrows():
         got = by_image.loc[str(tiny_dataset / row[S.IMAGE]), S.prob_cols(CLASSES)].to_numpy(float)
-        np.testing.assert_allclose(got, row[S.prob_cols(CLASSES)].to_numpy(float), atol=1e-4)
+        np.testing.assert_allclose(got, row[[S.method_prob_col(c) for c in CLASSES]].to_numpy(float), atol=1e-4)
     assert b"SECRET" not in out.read_bytes()
 
 
