@@ -1,6 +1,6 @@
 """Training jobs: launch `python -m engine run` as its own process group, watch it, cancel it.
 
-The job registry is the ReviewStore (`register_run` / `update_run`), so a browser refresh or an app restart
+The job registry is the WorkspaceStore (`register_run` / `update_run`), so a browser refresh or an app restart
 finds a job again. This process additionally keeps the `Popen` handles of the jobs it started (to reap them);
 a job started by an earlier app process is checked through its pid (and /proc/PID/cmdline where available).
 

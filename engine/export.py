@@ -10,7 +10,7 @@ model output):
 4. `model`     — nobody graded the image (no `majority`): the model's `suggested` label.
 A row that matches none (no grader and no suggestion) makes labels.csv invalid.
 
-Decisions come from `store` (a ReviewStore or a path to one); with `store=None` only from `RUNDIR/review.db`
+Decisions come from `store` (a WorkspaceStore or a path to one); with `store=None` only from `RUNDIR/review.db`
 when that file exists. When `out` is given the CSV is written atomically with a companion
 `<out>.provenance.json` (run, method, time, counts by source, engine version, sha256 of labels.csv and of the
 export, and the rule above).
@@ -28,8 +28,8 @@ import pandas as pd
 from engine import __version__, atomic
 from engine.data import schema
 from engine.errors import InputError, Problem
-from engine.review import ReviewStore
 from engine.rundir import CONFIG, LABELS
+from engine.store import WorkspaceStore
 
 RUN_REVIEW_DB = "review.db"  # a run folder's own decision store, used when no store is passed
 PROVENANCE_SUFFIX = ".provenance.json"
@@ -115,7 +115,7 @@ def read_labels(path: Path | str) -> tuple[pd.DataFrame, list[str]]:
 def export_labels(
     run_dir: Path | str,
     *,
-    store: ReviewStore | str | Path | None = None,
+    store: WorkspaceStore | str | Path | None = None,
     out: Path | str | None = None,
 ) -> pd.DataFrame:
     """Final label per image of a run (columns `schema.export_columns(classes)`); written to `out` when given."""
@@ -207,16 +207,16 @@ def counts_by_source(frame: pd.DataFrame) -> dict[str, int]:
     return {s: int(counts.get(s, 0)) for s in schema.SOURCES}
 
 
-def _open_store(run_dir: Path, store: ReviewStore | str | Path | None) -> tuple[ReviewStore | None, bool]:
+def _open_store(run_dir: Path, store: WorkspaceStore | str | Path | None) -> tuple[WorkspaceStore | None, bool]:
     """(store, opened_here). A path that does not exist is an error: a typo must not export without decisions."""
-    if isinstance(store, ReviewStore):
+    if isinstance(store, WorkspaceStore):
         return store, False
     if store is None:
         default = run_dir / RUN_REVIEW_DB
-        return (ReviewStore(default), True) if default.is_file() else (None, False)
+        return (WorkspaceStore(default), True) if default.is_file() else (None, False)
     if not Path(store).is_file():
-        raise InputError(Problem(str(store), "review store not found", "pass the workspace database the app uses"))
-    return ReviewStore(store), True
+        raise InputError(Problem(str(store), "workspace store not found", "pass the workspace database the app uses"))
+    return WorkspaceStore(store), True
 
 
 def _run_method(run_dir: Path) -> str | None:

@@ -185,7 +185,7 @@ def editor(key: str, table, agg: pd.DataFrame, roles: dict, version: int, target
 
 
 def save(key: str, dataset: Path, table, roles: dict) -> Path | None:
-    """Write the roles file (engine write_roles), check it (engine read_roles), record it (ReviewStore.save_roles)."""
+    """Write the roles file (engine write_roles), check it (engine read_roles), record it (WorkspaceStore.save_roles)."""
     from engine.data.split import read_roles, write_roles
 
     path = ds.roles_file(dataset)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pandas as pd
 
-from engine.review import ReviewStore
+from engine.store import WorkspaceStore
 
 
 def _start(at, name: str = "Dr Test"):
@@ -22,7 +22,7 @@ def _progress(at) -> str:
 
 
 def _rows(workspace, run) -> pd.DataFrame:
-    with ReviewStore(workspace / "review.db") as store:
+    with WorkspaceStore(workspace / "review.db") as store:
         return store.history(run)
 
 
@@ -89,7 +89,7 @@ def test_going_back_and_changing_a_decision_keeps_the_history(at, fake_run, work
     mine = rows[rows["image"] == first["image"]]
     assert list(mine["action"]) == ["keep_majority", "accept_suggestion"]  # append-only: both kept
     assert mine.iloc[1]["old_label"] == first["majority"]
-    with ReviewStore(workspace / "review.db") as store:
+    with WorkspaceStore(workspace / "review.db") as store:
         current = store.current_decisions(fake_run)
     assert current.set_index("image").loc[first["image"], "new_label"] == first["suggested"]
 

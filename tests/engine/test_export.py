@@ -12,7 +12,7 @@ from engine import cli
 from engine.data import schema
 from engine.errors import EXIT_BAD_INPUT, InputError
 from engine.export import export_labels, provenance_path, read_labels, sha256_file
-from engine.review import ReviewStore
+from engine.store import WorkspaceStore
 
 CLASSES = ["normal", "pre-plus", "plus"]
 
@@ -52,7 +52,7 @@ def run_dir(tmp_path):
 
 @pytest.fixture
 def store(tmp_path):
-    with ReviewStore(tmp_path / "workspace.db") as s:
+    with WorkspaceStore(tmp_path / "workspace.db") as s:
         yield s
 
 
@@ -97,7 +97,7 @@ def test_latest_review_overrides_even_consensus(run_dir, store):
 
 def test_without_a_store_there_are_no_reviews_unless_the_run_has_review_db(run_dir):
     assert "review" not in set(export_labels(run_dir)["source"])
-    with ReviewStore(run_dir / "review.db") as s:
+    with WorkspaceStore(run_dir / "review.db") as s:
         _decide(s, run_dir, "b.png", "pre-plus")
     out = export_labels(run_dir).set_index("image")
     assert out.loc["b.png", "source"] == "review"
@@ -106,7 +106,7 @@ def test_without_a_store_there_are_no_reviews_unless_the_run_has_review_db(run_d
 def test_store_given_by_path(run_dir, store, tmp_path):
     _decide(store, run_dir, "c.png", "normal")
     assert export_labels(run_dir, store=str(store.path)).set_index("image").loc["c.png", "final_label"] == "normal"
-    with pytest.raises(InputError, match="review store not found"):
+    with pytest.raises(InputError, match="workspace store not found"):
         export_labels(run_dir, store=tmp_path / "typo.db")
     assert not (tmp_path / "typo.db").exists()
 

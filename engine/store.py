@@ -112,7 +112,7 @@ def _required(value: Any, name: str, where: str) -> str:
     return str(value)
 
 
-def migrate(conn: sqlite3.Connection, *, target: int = SCHEMA_VERSION, where: str = "review store") -> int:
+def migrate(conn: sqlite3.Connection, *, target: int = SCHEMA_VERSION, where: str = "workspace store") -> int:
     """Bring an autocommit connection's database up to `target`, one transaction per migration; returns the version."""
     while True:
         conn.execute("BEGIN IMMEDIATE")  # re-read the version under the write lock: another process may migrate too
@@ -149,7 +149,7 @@ def connect(db_path: Path | str) -> sqlite3.Connection:
     return conn
 
 
-class ReviewStore:
+class WorkspaceStore:
     """The workspace database. Thread-safe (one connection behind a lock) for Streamlit's `st.cache_resource`."""
 
     def __init__(self, db_path: Path | str):
@@ -168,14 +168,14 @@ class ReviewStore:
         with self._lock:
             self._conn.close()
 
-    def __enter__(self) -> ReviewStore:
+    def __enter__(self) -> WorkspaceStore:
         return self
 
     def __exit__(self, *exc) -> None:
         self.close()
 
     def __repr__(self) -> str:
-        return f"ReviewStore({str(self.path)!r})"
+        return f"WorkspaceStore({str(self.path)!r})"
 
     @contextmanager
     def _tx(self) -> Iterator[sqlite3.Connection]:
