@@ -161,12 +161,15 @@ def add_dataclass_args(parser, cls: type, *, prefix: str = "", title: str | None
         flag = "--" + (prefix + f.name).replace("_", "-")
         tp = hints[f.name]
         default_text = f.default if f.default is not dataclasses.MISSING else "(computed)"
+        # argparse %-formats help strings ("%(default)s"); a literal '%' in our text (e.g. "15–30 % cheaper")
+        # would crash `--help`, so it is escaped here, once for every field
+        help_text = f"{f.metadata.get('help', '')} [{default_text}]".replace("%", "%%")
         if tp is bool:
             group.add_argument(flag, dest=prefix + f.name, default=None, type=lambda s, name=f.name: _coerce(bool, s, name, "cli"),
-                               nargs="?", const=True, metavar="BOOL", help=f"{f.metadata.get('help', '')} [{default_text}]")
+                               nargs="?", const=True, metavar="BOOL", help=help_text)
         else:
             group.add_argument(flag, dest=prefix + f.name, default=None, type=tp if tp in (int, float, str) else str,
-                               choices=f.metadata.get("choices"), help=f"{f.metadata.get('help', '')} [{default_text}]")
+                               choices=f.metadata.get("choices"), help=help_text)
 
 
 def collect_dataclass_args(ns, cls: type, *, prefix: str = "") -> dict:
