@@ -124,6 +124,10 @@ def prepare_data(cfg: RunConfig) -> PreparedData:
     from engine.data.votes import read_votes
 
     table = read_votes(cfg.data.dataset, classes=cfg.class_list(), check_images=True)
+    if len(table.classes) < 2:  # `inspect` only warns; training on one class would "succeed" with nothing learned
+        raise InputError(Problem(str(table.votes_file), f"only one class is used ({', '.join(table.classes)}); "
+                                 "a classifier needs at least two classes",
+                                 "grade images of at least two classes (e.g. normal and plus)"))
     agg = aggregate(table)
     if cfg.data.roles:
         roles = read_roles(cfg.data.roles, table)

@@ -479,6 +479,7 @@ def read_votes(
             if c not in class_rows:
                 warnings.append(Warning_(name, f"class '{c}' is in --classes but no expert used it"))
     else:
+        problems.extend(_case_variant_problems(class_rows, name))
         class_list = default_class_order(class_rows)
         if out_rows and experts and not class_list:
             problems.append(
@@ -509,6 +510,29 @@ def read_votes(
     table = VoteTable(root=root, frame=frame, experts=experts, classes=class_list, warnings=warnings, rows=row_numbers)
     warnings.extend(_data_warnings(table))
     return table
+
+
+def _case_variant_problems(class_rows: dict[str, list[int]], name: str) -> list[Problem]:
+    """One Problem per set of class values that differ only in upper/lower case ('Plus' and 'plus'): without
+    --classes they would silently become separate classes."""
+    by_lower: dict[str, list[str]] = {}
+    for value in class_rows:
+        by_lower.setdefault(value.lower(), []).append(value)
+    out = []
+    for variants in by_lower.values():
+        if len(variants) > 1:
+            spelled = " and ".join(f"'{v}' ({rows_text(class_rows[v])})" for v in sorted(variants))
+            out.append(
+                Problem(
+                    name,
+                    f"class values {spelled} differ only in upper/lower case and would become "
+                    f"{len(variants)} different classes",
+                    fix="write the class the same way in every cell, or pass --classes with the spelling to use "
+                    "(then the other spellings are reported row by row)",
+                    row=min(class_rows[v][0] for v in variants),
+                )
+            )
+    return out
 
 
 def patient_straddle_problems(

@@ -80,6 +80,10 @@ def _unknown_class(root, mv, png):
     return ["--classes", "normal,plus"]
 
 
+def _case_variants(root, mv, png):
+    mv(root, H, [["x.png", "plus", "Plus"], ["y.png", "normal", "normal"], ["z.png", "Plus", "normal"]])
+
+
 def _unknown_role(root, mv, png):
     mv(root, ["image", "role", "a"], [["x.png", "train", "n"], ["y.png", "validation", "n"]])
 
@@ -112,6 +116,7 @@ CASES = [
     (_truncated, r"row 1: image 't\.png': not a readable image \(truncated"),
     (_truncated_dicom, r"row 1: image 'scan\.dcm': "),
     (_unknown_class, r"row 2: class 'plus\+' is not in --classes normal,plus \(also row 3\)"),
+    (_case_variants, r"row 1: class values 'Plus' \(rows 1, 3\) and 'plus' \(row 1\) differ only in upper/lower case"),
     (_unknown_role, r"row 2: role 'validation' is not one of meta, test, train, unlabeled"),
     (_no_rows, r"votes\.csv: has no data rows"),
     (_cp1252, r"is not UTF-8 \(it looks like Windows-1252.*save the file as UTF-8"),
