@@ -12,11 +12,10 @@ from app import state
 
 
 def problems_frame(err) -> pd.DataFrame:
-    """An InputError's problems as rows (file, row, problem, fix)."""
+    """An InputError's problems as rows (file, row, problem, fix); `row` is text: '14', '2–10001', '' for none."""
     rows = [p.as_dict() for p in getattr(err, "problems", [])]
-    frame = pd.DataFrame(rows, columns=["file", "row", "problem", "fix"])
-    frame["row"] = frame["row"].map(lambda r: "" if r is None or pd.isna(r) else str(int(r)))
-    return frame
+    frame = pd.DataFrame(rows, columns=["file", "rows", "problem", "fix"])
+    return frame.rename(columns={"rows": "row"})
 
 
 def show_problems(err, *, title: str) -> None:

@@ -22,7 +22,7 @@ import numpy as np
 import pandas as pd
 
 from engine.data import schema as S
-from engine.errors import InputError, Problem, Warning_
+from engine.errors import InputError, Problem, Warning_, rows_text
 
 VOTES_FILE = "votes.csv"
 UTF8_BOM = b"\xef\xbb\xbf"
@@ -117,16 +117,6 @@ def parse_classes(classes: str | Sequence[str] | None, problems: list[Problem] |
     return items
 
 
-def rows_text(rows: Sequence[int], limit: int = 8) -> str:
-    """'row 3' / 'rows 3, 5, 9 and 12 more' for messages."""
-    rows = list(rows)
-    if len(rows) == 1:
-        return f"row {rows[0]}"
-    shown = ", ".join(str(r) for r in rows[:limit])
-    more = f" and {len(rows) - limit} more" if len(rows) > limit else ""
-    return f"rows {shown}{more}"
-
-
 def read_csv_text(path: Path, problems: list[Problem], warnings: list[Warning_]) -> str | None:
     """The file decoded as UTF-8 (a UTF-8 BOM stripped, with a warning), or None after adding a Problem."""
     name = str(path)
@@ -208,8 +198,9 @@ def image_key(rel: str) -> str:
 
 
 def duplicate_image_problem(name: str, rel: str, first_row: int, row: int, fix: str = "keep one row per image"):
-    """The problem for an image listed a second time in a CSV (votes.csv or a roles file)."""
-    return Problem(name, f"image '{rel}' is listed twice (also row {first_row})", fix=fix, row=row)
+    """The problem for an image listed again in a CSV (votes.csv or a roles file). The text names the first row
+    only, so an image listed in many rows groups into one problem naming them all (`group_problems`)."""
+    return Problem(name, f"image '{rel}' is listed again (first at row {first_row})", fix=fix, row=row)
 
 
 def path_problem(root: Path, rel: str) -> str | None:
