@@ -497,6 +497,18 @@ def read_votes(
     if problems:
         raise InputError(problems)
 
+    if S.PATIENT_ID in columns:
+        no_patient = [n for r, n in zip(out_rows, row_numbers, strict=True) if not r[S.PATIENT_ID]]
+        if no_patient:
+            k = len(no_patient)
+            warnings.append(
+                Warning_(
+                    name,
+                    f"{k} image{'s have' if k > 1 else ' has'} an empty patient_id ({rows_text(no_patient)}): each "
+                    "counts as a patient of its own, so it can land in another set (meta/test/train) than the same "
+                    "patient's other images; fill in patient_id",
+                )
+            )
     frame = pd.DataFrame(out_rows, columns=[*S.RESERVED_INPUT_COLUMNS, *experts], dtype=str)
     table = VoteTable(root=root, frame=frame, experts=experts, classes=class_list, warnings=warnings, rows=row_numbers)
     warnings.extend(_data_warnings(table))
