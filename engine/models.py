@@ -67,7 +67,11 @@ def load_weights(model: nn.Module, path: str | Path) -> None:
 
             state = load_file(str(path))
         else:
-            state = torch.load(path, map_location="cpu", weights_only=False)
+            from engine.safe_load import torch_load
+
+            state = torch_load(path, what="weight file")
+    except InputError:
+        raise
     except Exception as exc:
         raise InputError(Problem(str(path), f"cannot read weights ({type(exc).__name__}: {exc})")) from None
     if isinstance(state, dict) and "state_dict" in state:

@@ -434,7 +434,9 @@ def _train(cfg: RunConfig, rd: R.RunDir, data: PreparedData, pixels: np.ndarray,
     ctx.on_step = progress.step
     state = None
     if cfg.runtime.resume:
-        ck = torch.load(rd.path(R.CHECKPOINT), map_location="cpu", weights_only=False)
+        from engine.safe_load import torch_load
+
+        ck = torch_load(rd.path(R.CHECKPOINT), what="checkpoint")
         ctx.model.load_state_dict(ck["model"])
         ctx.optimizer.load_state_dict(ck["optimizer"])
         state = FitState.from_dict(ck["fit"])

@@ -71,11 +71,11 @@ def test_dr_pretraining_then_fresh_task_head(tiny_dataset, tmp_path):
     (aux / "labels.csv").write_text("\n".join(rows) + "\n")
     rd = tmp_path / "run"
     assert main(run_args(tiny_dataset, rd, "ce", "--pretrain", str(aux), "--pretrain-epochs", "1")) == 0
-    pre = torch.load(rd / "pretrain.pt", weights_only=False)
+    pre = torch.load(rd / "pretrain.pt", weights_only=True)
     assert pre["classes"] == ["no_dr", "dr"]
     head_w = [k for k in pre["state_dict"] if k.endswith("weight") and pre["state_dict"][k].ndim == 2][-1]
     assert pre["state_dict"][head_w].shape[0] == 2
-    final = torch.load(rd / "model.pt", weights_only=False)["state_dict"]
+    final = torch.load(rd / "model.pt", weights_only=True)["state_dict"]
     assert final[head_w].shape[0] == len(CLASSES)  # head replaced for the task classes
     log = (rd / "log.txt").read_text()
     assert "DR pretraining" in log and "pretrain epoch 1/1" in log
