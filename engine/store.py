@@ -6,7 +6,8 @@ for each other (busy timeout) instead of failing. The schema is versioned with `
 `MIGRATIONS` are applied in order when a store is opened, each in its own transaction.
 
 Decision log rules (the audit trail):
-- `decisions` is append-only: SQLite triggers abort any UPDATE or DELETE of a row. A change of mind is a new row.
+- `decisions` is append-only: SQLite triggers abort any UPDATE or DELETE of a row, and an INSERT (OR REPLACE)
+  that reuses an existing id. A change of mind is a new row.
 - Each decision is committed on its own when it is made.
 - "Latest" means the highest `id` (insertion order), not the clock, so a clock that jumps back changes nothing.
 - The current decision for an image is its latest row whose action is not `skip`. A `skip` row records that
@@ -91,6 +92,14 @@ MIGRATIONS: list[tuple[str, ...]] = [
             set_at TEXT NOT NULL,
             PRIMARY KEY (dataset, image))""",
         "CREATE INDEX decisions_run_image ON decisions (run_dir, image, id)",
+    ),
+    # 3: INSERT OR REPLACE (or REPLACE INTO) with an existing id deletes the old row without firing the DELETE
+    # trigger (SQLite's REPLACE does not fire delete triggers unless recursive_triggers is on), so it could
+    # rewrite a decision: refuse any insert whose id is taken.
+    (
+        """CREATE TRIGGER decisions_no_replace BEFORE INSERT ON decisions
+           WHEN NEW.id IS NOT NULL AND EXISTS (SELECT 1 FROM decisions WHERE id = NEW.id)
+           BEGIN SELECT RAISE(ABORT, 'decisions are append-only: a decision cannot be replaced'); END""",
     ),
 ]
 SCHEMA_VERSION = len(MIGRATIONS)

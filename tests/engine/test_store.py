@@ -81,6 +81,24 @@ def test_decisions_cannot_be_updated_or_deleted(store, tmp_path):
     assert store.count_decisions() == 1
 
 
+@pytest.mark.parametrize("verb", ["INSERT OR REPLACE", "REPLACE", "INSERT OR IGNORE", "INSERT"])
+def test_a_decision_cannot_be_rewritten_by_inserting_its_id_again(store, tmp_path, verb):
+    first = _decide(store, tmp_path / "run", "a.png", "plus", note="clear tortuosity")
+    before = store.history(tmp_path / "run")
+    raw = sqlite3.connect(store.path)
+    with pytest.raises(sqlite3.DatabaseError, match="append-only: a decision cannot be replaced"):
+        raw.execute(
+            f"{verb} INTO decisions (id, run_dir, image, reviewer, decided_at, old_label, new_label, action, note)"
+            " VALUES (?, ?, 'a.png', 'mallory', '2020-01-01T00:00:00+00:00', 'plus', 'normal', 'choose_class', '')",
+            (first, str((tmp_path / "run").resolve())),
+        )
+    raw.commit()
+    raw.close()
+    after = store.history(tmp_path / "run")
+    assert after.equals(before) and after.iloc[0]["reviewer"] == "dr_a" and after.iloc[0]["new_label"] == "plus"
+    assert _decide(store, tmp_path / "run", "a.png", "normal") == first + 1  # new rows are still accepted
+
+
 @pytest.mark.parametrize(
     "kw,match",
     [
