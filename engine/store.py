@@ -24,7 +24,7 @@ import json
 import sqlite3
 import threading
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import closing, contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -147,6 +147,23 @@ def migrate(conn: sqlite3.Connection, *, target: int = SCHEMA_VERSION, where: st
             raise
 
 
+def _check_workspace_file(path: Path) -> None:
+    """Refuse, before changing anything in it, a file that is not SQLite or is another program's SQLite database
+    (schema version 0 yet tables in it): opening it as a store would switch it to WAL and add our tables."""
+    if not path.is_file() or path.stat().st_size == 0:
+        return  # a new store
+    fix = "give the app workspace's review.db (e.g. data/workspace/review.db)"
+    try:
+        with closing(sqlite3.connect(str(path), timeout=BUSY_TIMEOUT_MS / 1000)) as conn:  # reads only
+            version = conn.execute("PRAGMA user_version").fetchone()[0]
+            has_tables = conn.execute("SELECT 1 FROM sqlite_master LIMIT 1").fetchone() is not None
+    except sqlite3.DatabaseError as err:  # e.g. "file is not a database"
+        raise InputError(Problem(str(path), f"is not a workspace database ({err})", fix)) from None
+    if version == 0 and has_tables:
+        raise InputError(Problem(str(path), "is an SQLite database of another program, not a workspace database",
+                                 fix))
+
+
 def connect(db_path: Path | str) -> sqlite3.Connection:
     """Open an autocommit connection with the store's durability settings (WAL, synchronous=FULL, busy timeout)."""
     conn = sqlite3.connect(str(db_path), timeout=BUSY_TIMEOUT_MS / 1000, isolation_level=None, check_same_thread=False)
@@ -165,6 +182,7 @@ class WorkspaceStore:
         self.path = Path(db_path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._lock = threading.RLock()
+        _check_workspace_file(self.path)
         self._conn = connect(self.path)
         try:
             migrate(self._conn, where=str(self.path))

@@ -111,6 +111,25 @@ def test_store_given_by_path(run_dir, store, tmp_path):
     assert not (tmp_path / "typo.db").exists()
 
 
+def test_a_store_that_is_not_a_workspace_database_is_refused(run_dir, tmp_path, capsys):
+    import sqlite3
+
+    garbage = tmp_path / "notes.db"
+    garbage.write_bytes(b"this is a text file, not SQLite\n" * 10)
+    other = tmp_path / "other.sqlite"
+    with sqlite3.connect(other) as conn:
+        conn.execute("CREATE TABLE patients (name TEXT)")
+    other_bytes = other.read_bytes()
+    out = tmp_path / "out.csv"
+    assert cli.main(["export", str(run_dir), "--out", str(out), "--store", str(garbage)]) == EXIT_BAD_INPUT
+    assert f"{garbage}: is not a workspace database (file is not a database)" in capsys.readouterr().err
+    assert cli.main(["export", str(run_dir), "--out", str(out), "--store", str(other)]) == EXIT_BAD_INPUT
+    assert f"{other}: is an SQLite database of another program" in capsys.readouterr().err
+    assert not out.exists() and not provenance_path(out).exists()
+    assert garbage.read_bytes() == b"this is a text file, not SQLite\n" * 10 and other.read_bytes() == other_bytes
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["notes.db", "other.sqlite", "run"]
+
+
 @pytest.mark.parametrize(
     "image,label,match",
     [("zzz.png", "plus", "image is not in"), ("a.png", "plus+", "label 'plus\\+' is not one of the classes")],
