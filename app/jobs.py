@@ -97,23 +97,9 @@ def pid_alive(pid: int | None, run_dir: Path | str | None = None) -> bool:
         proc = children().get(Path(run_dir).resolve())
         if proc is not None and proc.pid == pid:
             return proc.poll() is None
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    proc_dir = Path(f"/proc/{pid}")
-    if proc_dir.exists():
-        try:
-            if (proc_dir / "stat").read_text().split(")")[-1].split()[0] == "Z":
-                return False
-            cmdline = (proc_dir / "cmdline").read_bytes().replace(b"\0", b" ")
-        except OSError:
-            return False
-        if run_dir is not None and b"engine" not in cmdline:
-            return False  # the pid was recycled by an unrelated process
-    return True
+    from engine.rundir import process_alive
+
+    return process_alive(pid, engine_only=run_dir is not None)
 
 
 def read_status(run_dir: Path) -> dict | None:
@@ -170,8 +156,12 @@ def view(record: dict) -> JobView:
         if config.get("cancel_requested"):
             job_state, message = "cancelled", "cancelled (the process was stopped)"
         else:
+            from engine.rundir import RunDir
+
             job_state = "failed"
-            message = message or "the training process ended without finishing (see the end of its log below)"
+            marked = RunDir(run_dir).mark_if_dead()  # status.json says so too, for every other reader
+            message = message or (marked or {}).get("message") or (
+                "the training process ended without finishing (see the end of its log below)")
     if job_state != record.get("state"):
         try:
             state.store().update_run(run_dir, state=job_state)

@@ -287,14 +287,20 @@ def run(cfg: RunConfig) -> Path:
     out = Path(cfg.runtime.out)
     rd = R.RunDir(out)
     ckpt_path = rd.path(R.CHECKPOINT)
+    if out.is_dir():
+        rd.mark_if_dead()  # a run killed before it could say so (kill -9) is failed, not "running" forever
+    start_over = f"delete the folder {out} (or pass another --out) and run again without --resume"
     if cfg.runtime.resume:
         if not ckpt_path.is_file():
-            raise InputError(Problem(str(out), "nothing to resume: no checkpoint.pt in the run folder",
-                                     "start a new run without --resume"))
+            raise InputError(Problem(str(out), "nothing to resume: no checkpoint.pt in the run folder (a run writes "
+                                     "it after its first finished epoch)", f"start over: {start_over}"))
         _check_resume_config(rd, cfg)
     elif out.exists() and any(out.iterdir()):
-        raise InputError(Problem(str(out), "run folder exists and is not empty",
-                                 "choose another --out, or add --resume to continue an interrupted run"))
+        if ckpt_path.is_file() and not rd.path(R.LABELS).is_file():
+            fix = "add --resume to continue the interrupted run, or choose another --out"
+        else:
+            fix = f"choose another --out, or start over: {start_over}"
+        raise InputError(Problem(str(out), "run folder exists and is not empty", fix))
     data = prepare_data(cfg)
     device = resolve_device(cfg.runtime.device)
     model = _create_model(cfg, len(data.classes))  # checks backbone and weights before anything is written

@@ -19,6 +19,33 @@ PRETRAIN = "pretrain.pt"  # DR-pretraining backbone checkpoint
 ROLES = "roles.csv"  # image, role as used by this run
 
 STATES = ("queued", "running", "done", "failed", "cancelled")
+ACTIVE_STATES = ("queued", "running")
+
+
+def process_alive(pid: int | None, *, engine_only: bool = True) -> bool:
+    """Whether process `pid` still runs. A zombie is gone; with `engine_only`, so is a pid that the system has
+    recycled for a process that is not `python -m engine` (checked on /proc where there is one)."""
+    import os
+
+    if not pid:
+        return False
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # it exists, owned by someone else
+    proc_dir = Path(f"/proc/{int(pid)}")
+    if proc_dir.exists():
+        try:
+            if (proc_dir / "stat").read_text().split(")")[-1].split()[0] == "Z":
+                return False
+            cmdline = (proc_dir / "cmdline").read_bytes().replace(b"\0", b" ")
+        except OSError:
+            return False
+        if engine_only and b"engine" not in cmdline:
+            return False
+    return True
 
 
 class RunDir:
@@ -41,6 +68,17 @@ class RunDir:
             return json.loads(self.path(STATUS).read_text(encoding="utf-8"))
         except (FileNotFoundError, ValueError):
             return None
+
+    def mark_if_dead(self) -> dict | None:
+        """A run whose status.json still says queued/running but whose process is gone (kill -9, power cut) is
+        marked failed, so every reader sees the truth; returns the new status, or None when nothing changed."""
+        status = self.read_status()
+        if not status or status.get("state") not in ACTIVE_STATES or process_alive(status.get("pid")):
+            return None
+        self.write_status("failed", **{k: v for k, v in status.items() if k not in ("state", "updated", "message")},
+                          message=f"the training process (pid {status.get('pid')}) stopped without finishing "
+                          "(killed or the machine restarted)")
+        return self.read_status()
 
     def progress(self, record: dict) -> None:
         atomic.append_jsonl(self.path(PROGRESS), {"time": time.time(), **record})

@@ -94,6 +94,8 @@ def test_a_job_whose_process_is_gone_is_shown_failed_with_its_log(at, demo, work
     assert any("OOM killer" in c.value for c in at.code)
     with WorkspaceStore(workspace / "review.db") as store:
         assert store.get_run(run_dir)["state"] == "failed"
+    status = json.loads((run_dir / "status.json").read_text())  # the run folder says so too
+    assert status["state"] == "failed" and status["epoch"] == 3 and "stopped without finishing" in status["message"]
 
 
 def test_form_options_are_accepted_by_the_engine_cli(at, demo, workspace, fake_engine):
