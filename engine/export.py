@@ -26,6 +26,7 @@ from pathlib import Path
 import pandas as pd
 
 from engine import __version__, atomic
+from engine.csv_cells import restore
 from engine.data import schema
 from engine.errors import InputError, Problem
 from engine.rundir import CONFIG, LABELS
@@ -68,6 +69,7 @@ def read_labels(path: Path | str) -> tuple[pd.DataFrame, list[str]]:
         frame = pd.read_csv(path, dtype=str, keep_default_na=False, na_filter=False, encoding="utf-8")
     except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError, ValueError) as err:
         raise InputError(Problem(where, f"not a readable CSV ({type(err).__name__}: {err})")) from None
+    frame = frame.map(restore).rename(columns=restore)  # the run wrote it with formula-like cells neutralised
     classes = [c[len(schema.PROB_PREFIX) :] for c in frame.columns if c.startswith(schema.PROB_PREFIX)]
     problems: list[Problem] = []
     if not classes or any(not c for c in classes):

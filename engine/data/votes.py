@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from engine.csv_cells import restore
 from engine.data import schema as S
 from engine.errors import InputError, Problem, Warning_, rows_text
 
@@ -182,6 +183,8 @@ def parse_csv(text: str, name: str, problems: list[Problem]) -> tuple[list[str],
             Problem(name, "is empty (no header line)", fix="the first line must name the columns, e.g. image,dr_a,dr_b")
         )
         return [], []
+    # a CSV this tool wrote (a roles file) has formula-like cells neutralised with a leading "'": undo that
+    records = [[restore(f) for f in rec] for rec in records]
     header = [h.strip() for h in records[0]]
     return header, [(i, rec) for i, rec in enumerate(records[1:], start=1)]
 

