@@ -9,6 +9,7 @@ import pandas as pd
 import streamlit as st
 
 from app import state
+from app.plain import code, md
 
 
 def problems_frame(err) -> pd.DataFrame:
@@ -43,7 +44,7 @@ def guard(action: str) -> Iterator[None]:
     except Exception as exc:  # shown as a message; the traceback goes to the log file only
         state.log.exception("failed to %s", action)
         st.error(
-            f"Could not {action}: {type(exc).__name__}: {exc}\n\n"
-            f"The details are in `{state.workspace() / 'app.log'}`.",
+            f"Could not {action}: {type(exc).__name__}: {md(exc)}\n\n"
+            f"The details are in {code(state.workspace() / 'app.log')}.",
             icon=":material/error:",
         )

@@ -16,6 +16,7 @@ import streamlit as st
 from app import state
 from app.components import dataset as ds
 from app.components import thumbs
+from app.plain import code, md
 
 # flag_reason is free text from engine/flags.py (parts joined with "; "); these phrases group it for filtering
 REASON_GROUPS = (
@@ -86,11 +87,11 @@ def decide(key: str, run_dir: str, image: str, action: str, new_label: str | Non
                                    action=action, note=note.strip())
     except Exception as exc:  # shown on the page after the rerun; the traceback goes to app.log
         state.log.exception("could not record decision on %s", image)
-        st.session_state[f"{key}_msg"] = ("error", f"The decision was NOT recorded: {exc}")
+        st.session_state[f"{key}_msg"] = ("error", f"The decision was NOT recorded: {md(exc)}")
         return
     state.log.info("decision %s on %s by %s: %s -> %s", action, image, reviewer, old_label, new_label)
-    what = ACTION_TEXT[action] + (f" {new_label}" if action == "choose_class" else "")
-    st.session_state[f"{key}_msg"] = ("ok", f"Saved: you {what} for {Path(image).name}.")
+    what = ACTION_TEXT[action] + (f" {md(new_label)}" if action == "choose_class" else "")
+    st.session_state[f"{key}_msg"] = ("ok", f"Saved: you {what} for {md(Path(image).name)}.")
     st.session_state[f"{key}_note"] = ""
     st.session_state.setdefault(f"{key}_trail", []).append(image)
     st.session_state[f"{key}_current"] = next_image
@@ -141,7 +142,7 @@ def zoomed(png: bytes, zoom: float, fx: float, fy: float) -> bytes:
 def image_view(key: str, path: Path) -> None:
     png = thumbs.full_image(path)
     if png is None:
-        st.error(f"Cannot display `{path.name}`: the file is missing or unreadable.")
+        st.error(f"Cannot display {code(path.name)}: the file is missing or unreadable.")
         return
     zoom = st.select_slider("Zoom", options=[1.0, 1.5, 2.0, 3.0, 4.0], key=f"{key}_zoom",
                             format_func=lambda z: f"{z:g}×")

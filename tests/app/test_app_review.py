@@ -5,6 +5,7 @@ from __future__ import annotations
 import pandas as pd
 
 from engine.store import WorkspaceStore
+from tests.app.texts import unescape
 
 
 def _start(at, name: str = "Dr Test"):
@@ -46,7 +47,7 @@ def test_queue_starts_with_the_highest_flag_score(at, fake_run):
     _start(at)
     top = _flagged(fake_run).iloc[0]["image"]
     assert at.session_state.get("rv_current") in (None, top)
-    assert any(top.split("/")[-1] in m.value for m in at.markdown)
+    assert any(top.split("/")[-1] in unescape(m.value) for m in at.markdown)
     assert _progress(at) == f"**0 of {len(_flagged(fake_run))} reviewed**"
 
 
@@ -100,7 +101,7 @@ def test_filters_by_reason_and_class(at, fake_run):
     assert not at.exception, at.exception
     labels = _flagged(fake_run)
     labels["name"] = labels["image"].str.split("/").str[-1]
-    shown = next(m.value.strip("# ") for m in at.markdown if m.value.startswith("####"))
+    shown = next(unescape(m.value).strip("# ") for m in at.markdown if m.value.startswith("####"))
     row = labels.set_index("name").loc[shown]
     assert "plus" in (row["majority"], row["suggested"])
     reasons = at.multiselect(key="rv_f_reason").options
