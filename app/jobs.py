@@ -243,14 +243,13 @@ def register_external_run(run_dir: Path, dataset: Path | None) -> None:
     if not run_dir.is_dir() or store.get_run(run_dir) is not None:
         return
     status = read_status(run_dir) or {}
-    method = ""
-    try:
-        config = json.loads((run_dir / "config.json").read_text(encoding="utf-8"))
-        method = str((config.get("runtime") or {}).get("method") or config.get("method") or "")
-        if dataset is None and (config.get("data") or {}).get("dataset"):
-            dataset = Path(config["data"]["dataset"])
-    except (OSError, ValueError, AttributeError):
-        pass
+    from engine.rundir import RunDir
+
+    config = RunDir(run_dir).read_config() or {}
+    runtime, data = config.get("runtime"), config.get("data")
+    method = str((runtime.get("method") if isinstance(runtime, dict) else None) or config.get("method") or "")
+    if dataset is None and isinstance(data, dict) and data.get("dataset"):
+        dataset = Path(data["dataset"])
     job_state = status.get("state") or ("done" if (run_dir / "labels.csv").exists() else "failed")
     store.register_run(run_dir, dataset=dataset, method=method or None, state=job_state, pid=status.get("pid"),
                        config={"external": True})

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, get_args, get_origin, get_type_hints
 
+from engine.data.schema import parse_bool
 from engine.errors import InputError, Problem
 
 
@@ -120,11 +121,10 @@ def _coerce(tp, value, name: str, where: str):
     try:
         if tp is bool:
             if isinstance(value, str):
-                if value.lower() in ("1", "true", "yes", "on"):
-                    return True
-                if value.lower() in ("0", "false", "no", "off"):
-                    return False
-                raise ValueError(value)
+                parsed = parse_bool(value)
+                if parsed is None:
+                    raise ValueError(value)
+                return parsed
             return bool(value)
         if tp in (int, float, str):
             if tp is int and isinstance(value, float) and not value.is_integer():
@@ -145,10 +145,6 @@ def build(cls: type, values: dict, *, where: str = "config"):
     if unknown:
         raise InputError(Problem(where, f"unknown key(s) {unknown}", f"valid keys: {sorted(names)}"))
     return cls(**{k: _coerce(hints[k], v, k, where) for k, v in values.items()})
-
-
-def field_help(cls: type) -> dict[str, str]:
-    return {f.name: f.metadata.get("help", "") for f in fields(cls)}
 
 
 def add_dataclass_args(parser, cls: type, *, prefix: str = "", title: str | None = None, skip=()) -> None:

@@ -18,8 +18,6 @@ export, and the rule above).
 
 from __future__ import annotations
 
-import hashlib
-import json
 import math
 from pathlib import Path
 
@@ -28,8 +26,9 @@ import pandas as pd
 from engine import __version__, atomic
 from engine.csv_cells import restore
 from engine.data import schema
+from engine.data.cache import file_sha256
 from engine.errors import InputError, Problem
-from engine.rundir import CONFIG, LABELS
+from engine.rundir import LABELS, RunDir
 from engine.store import WorkspaceStore
 
 RUN_REVIEW_DB = "review.db"  # a run folder's own decision store, used when no store is passed
@@ -40,21 +39,12 @@ RULE = (
     "majority: graded but no consensus, flagged or not, not reviewed -> majority (experts are kept)",
     "model: nobody graded the image -> the model's suggested label",
 )
-_TRUE, _FALSE = {"true", "1", "1.0", "yes"}, {"false", "0", "0.0", "no", ""}
 
 
 def provenance_path(out: Path | str) -> Path:
     """Where the provenance JSON of an export lives: `<out>.provenance.json`."""
     out = Path(out)
     return out.with_name(out.name + PROVENANCE_SUFFIX)
-
-
-def sha256_file(path: Path | str) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def read_labels(path: Path | str) -> tuple[pd.DataFrame, list[str]]:
@@ -98,7 +88,7 @@ def read_labels(path: Path | str) -> tuple[pd.DataFrame, list[str]]:
             if rec[col] and rec[col] not in known:
                 bad(f"{col} '{rec[col]}' is not one of the classes {', '.join(classes)}")
         for col in (schema.CONSENSUS, schema.FLAG):
-            if rec[col].strip().lower() not in _TRUE | _FALSE:
+            if rec[col].strip() and schema.parse_bool(rec[col]) is None:  # empty = false
                 bad(f"{col} must be true/false or 1/0, got '{rec[col]}'")
         if _truthy(rec[schema.CONSENSUS]) and not rec[schema.MAJORITY]:
             bad("consensus is true but majority is empty")
@@ -185,14 +175,14 @@ def export_labels(
             provenance_path(out),
             {
                 "export": out.name,
-                "export_sha256": sha256_file(out),
+                "export_sha256": file_sha256(out),
                 "rows": len(frame),
                 "counts_by_source": counts_by_source(frame),
                 "run_dir": str(run_dir.resolve()),
                 "method": _run_method(run_dir),
                 "classes": classes,
                 "labels_csv": str(labels_path.resolve()),
-                "labels_sha256": sha256_file(labels_path),
+                "labels_sha256": file_sha256(labels_path),
                 "review_store": store_name,
                 "decisions_applied": len(by_image),
                 "exported_at": pd.Timestamp.now(tz="UTC").isoformat(timespec="seconds"),
@@ -223,11 +213,8 @@ def _open_store(run_dir: Path, store: WorkspaceStore | str | Path | None) -> tup
 
 def _run_method(run_dir: Path) -> str | None:
     """The method named in the run's config.json (RunConfig.to_dict(), possibly nested), or None."""
-    try:
-        config = json.loads((run_dir / CONFIG).read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None
-    for candidate in (config, config.get("config") if isinstance(config, dict) else None):
+    config = RunDir(run_dir).read_config() or {}
+    for candidate in (config, config.get("config")):
         if isinstance(candidate, dict):
             runtime = candidate.get("runtime")
             if isinstance(runtime, dict) and runtime.get("method"):
@@ -238,7 +225,7 @@ def _run_method(run_dir: Path) -> str | None:
 
 
 def _truthy(value: str) -> bool:
-    return str(value).strip().lower() in _TRUE
+    return schema.parse_bool(value) is True
 
 
 def _is_float(value: str) -> bool:

@@ -102,10 +102,6 @@ def features(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
     return model.forward_head(model.forward_features(x), pre_logits=True)
 
 
-def head(model: nn.Module) -> nn.Module:
-    return model.get_classifier()
-
-
 def normalisation(model: nn.Module) -> tuple[tuple[float, ...], tuple[float, ...]]:
     """ImageNet-style mean/std from the backbone's own pretrained config."""
     cfg = getattr(model, "pretrained_cfg", None) or {}

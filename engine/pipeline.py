@@ -8,7 +8,6 @@ Ctrl-C resumable with `--resume`, which on the CPU ends with the same soft label
 from __future__ import annotations
 
 import dataclasses
-import json
 import platform
 import subprocess
 import sys
@@ -348,9 +347,8 @@ def run(cfg: RunConfig) -> Path:
 
 
 def _check_resume_config(rd: R.RunDir, cfg: RunConfig) -> None:
-    try:
-        old = json.loads(rd.path(R.CONFIG).read_text(encoding="utf-8"))
-    except (FileNotFoundError, ValueError):
+    old = rd.read_config()
+    if old is None:
         return
     new = cfg.to_dict()
     diffs = [f"{sec}.{k}" for sec in new if isinstance(new[sec], dict) and isinstance(old.get(sec), dict)

@@ -62,12 +62,21 @@ class RunDir:
         atomic.write_json(self.path(STATUS), {"state": state, **fields, "updated": time.time()})
 
     def read_status(self) -> dict | None:
+        return self._read_json(STATUS)
+
+    def read_config(self) -> dict | None:
+        """The run's resolved config.json (`RunConfig.to_dict()` + versions, classes, device), or None when it is
+        missing or unreadable. The one reader of config.json: engine (resume, export) and app alike."""
+        return self._read_json(CONFIG)
+
+    def _read_json(self, name: str) -> dict | None:
         import json
 
         try:
-            return json.loads(self.path(STATUS).read_text(encoding="utf-8"))
-        except (FileNotFoundError, ValueError):
+            data = json.loads(self.path(name).read_text(encoding="utf-8"))
+        except (OSError, ValueError):
             return None
+        return data if isinstance(data, dict) else None
 
     def mark_if_dead(self) -> dict | None:
         """A run whose status.json still says queued/running but whose process is gone (kill -9, power cut) is

@@ -38,12 +38,13 @@ def _image_extensions() -> set[str]:
 
 def _is_dicom_member(zf: zipfile.ZipFile, info: zipfile.ZipInfo) -> bool:
     """An extension-less member carrying the DICOM 'DICM' marker at byte 128 (common in PACS exports)."""
+    from engine.data.images import DICOM_HEAD_BYTES, is_dicom_head
+
     try:
         with zf.open(info) as fh:
-            head = fh.read(132)
+            return is_dicom_head(fh.read(DICOM_HEAD_BYTES))
     except Exception:
         return False
-    return len(head) == 132 and head[128:132] == b"DICM"
 
 
 def _member_problem(info: zipfile.ZipInfo, image_ext: set[str], zf: zipfile.ZipFile | None = None) -> str | None:

@@ -10,6 +10,8 @@ from app.components import review as rv
 from app.components.errors import guard
 from app.components.run_picker import run_picker
 from app.plain import md
+from engine.data.aggregate import parse_votes
+from engine.data.schema import parse_bool
 
 K = "rv"  # this page's session-state prefix
 
@@ -52,7 +54,7 @@ with guard("load the run's labels"):
         st.success("No image of this run is flagged: the model agrees with the experts everywhere.", icon=":material/celebration:")
         st.stop()
 
-    experts = sorted({e for v in q["votes"] for e in rv.ds.parse_votes(v)})
+    experts = sorted({e for v in q["votes"] for e in parse_votes(v)})
     f1, f2, f3, f4 = st.columns([2.4, 1.8, 1.5, 1.2])
     show = f1.segmented_control("Show", ["to review", "skipped", "reviewed", "all"], default="to review",
                                 key=f"{K}_f_show", width="stretch") or "to review"
@@ -72,7 +74,7 @@ with guard("load the run's labels"):
     if cls_filter:
         view = view[view["majority"].isin(cls_filter) | view["suggested"].isin(cls_filter)]
     if expert != "any expert":
-        view = view[view["votes"].map(lambda v: expert in rv.ds.parse_votes(v))]
+        view = view[view["votes"].map(lambda v: expert in parse_votes(v))]
     order = list(view["image"])
 
     wanted = st.session_state.get(f"{K}_current")
@@ -107,8 +109,8 @@ with guard("load the run's labels"):
                 st.warning(md(reason), icon=":material/flag:")
             majority = row["majority"]
             st.markdown(f"Majority vote: **{md(majority or '—')}**"
-                        + (" · unanimous" if rv.ds.parse_votes(row["votes"]) and row["consensus"].lower()
-                           in ("1", "true") else ""))
+                        + (" · unanimous" if parse_votes(row["votes"]) and parse_bool(row["consensus"])
+                           else ""))
             st.dataframe(rv.votes_frame(row, majority), hide_index=True, width="stretch",
                          column_config={"agrees with majority": st.column_config.CheckboxColumn()})
             rv.soft_label_chart(row, classes)

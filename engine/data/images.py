@@ -32,20 +32,21 @@ class ImageReadError(ValueError):
         super().__init__(f"{self.path}: {reason}")
 
 
+DICOM_HEAD_BYTES = 132  # a 128-byte preamble, then "DICM" (DICOM Part 10)
+
+
+def is_dicom_head(head: bytes) -> bool:
+    """True when `head` (a file's first DICOM_HEAD_BYTES bytes or more) carries the DICOM 'DICM' marker."""
+    return len(head) >= DICOM_HEAD_BYTES and head[128:DICOM_HEAD_BYTES] == b"DICM"
+
+
 def has_dicom_marker(path: Path) -> bool:
     """True when the file carries the DICOM 'DICM' marker at byte 128 (the Part 10 preamble)."""
     try:
         with open(path, "rb") as fh:
-            head = fh.read(132)
+            return is_dicom_head(fh.read(DICOM_HEAD_BYTES))
     except OSError:
         return False
-    return len(head) == 132 and head[128:132] == b"DICM"
-
-
-def is_dicom(path: os.PathLike | str) -> bool:
-    """True for a .dcm/.dicom file or any file with the DICOM 'DICM' marker at byte 128."""
-    path = Path(path)
-    return path.suffix.lower() in DICOM_EXTENSIONS or has_dicom_marker(path)
 
 
 def is_image_file(path: os.PathLike | str) -> bool:

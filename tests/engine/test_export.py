@@ -10,8 +10,9 @@ import pytest
 
 from engine import cli
 from engine.data import schema
+from engine.data.cache import file_sha256
 from engine.errors import EXIT_BAD_INPUT, InputError
-from engine.export import export_labels, provenance_path, read_labels, sha256_file
+from engine.export import export_labels, provenance_path, read_labels
 from engine.store import WorkspaceStore
 
 CLASSES = ["normal", "pre-plus", "plus"]
@@ -170,8 +171,8 @@ def test_written_atomically_with_provenance(run_dir, store, tmp_path, monkeypatc
     prov = json.loads(provenance_path(out).read_text())
     assert prov["counts_by_source"] == {"consensus": 1, "review": 1, "model": 1, "majority": 2}
     assert prov["method"] == "mslg" and prov["classes"] == CLASSES and prov["decisions_applied"] == 1
-    assert prov["labels_sha256"] == sha256_file(run_dir / "labels.csv")
-    assert prov["export_sha256"] == sha256_file(out) and prov["engine_version"] and prov["rule"]
+    assert prov["labels_sha256"] == file_sha256(run_dir / "labels.csv")
+    assert prov["export_sha256"] == file_sha256(out) and prov["engine_version"] and prov["rule"]
 
     def broken_to_csv(self, path, **kw):  # a crash half-way through writing
         with open(path, "w") as fh:
