@@ -45,6 +45,7 @@ def parse_bool(text) -> bool | None:
     value = str(text).strip().lower()
     return True if value in TRUE_TEXT else False if value in FALSE_TEXT else None
 
+
 LABELS_COLUMNS_HEAD = (IMAGE, ROLE, VOTES, MAJORITY, CONSENSUS)
 LABELS_COLUMNS_TAIL = (SUGGESTED, CONFIDENCE, FLAG, FLAG_REASON, FLAG_SCORE)
 
