@@ -12,6 +12,7 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, get_args, get_origin, get_type_hints
 
+from engine.data.schema import parse_bool
 from engine.errors import InputError, Problem
 
 
@@ -166,11 +167,10 @@ def _coerce(tp, value, name: str, where: str):
     try:
         if tp is bool:
             if isinstance(value, str):
-                if value.lower() in ("1", "true", "yes", "on"):
-                    return True
-                if value.lower() in ("0", "false", "no", "off"):
-                    return False
-                raise ValueError(value)
+                parsed = parse_bool(value)
+                if parsed is None:
+                    raise ValueError(value)
+                return parsed
             return bool(value)
         if tp in (int, float, str):
             if tp is int and isinstance(value, float) and not value.is_integer():
@@ -193,10 +193,6 @@ def build(cls: type, values: dict, *, where: str = "config"):
     return cls(**{k: _coerce(hints[k], v, k, where) for k, v in values.items()})
 
 
-def field_help(cls: type) -> dict[str, str]:
-    return {f.name: f.metadata.get("help", "") for f in fields(cls)}
-
-
 def _unwrap_optional(tp):
     """`int | None` -> int (unset options are None)."""
     args = [a for a in get_args(tp) if a is not type(None)]
@@ -214,12 +210,15 @@ def add_dataclass_args(parser, cls: type, *, prefix: str = "", title: str | None
         tp = _unwrap_optional(hints[f.name])
         default_text = f.default if f.default is not dataclasses.MISSING else "(computed)"
         default_text = "from the recipe" if default_text is None else default_text
+        # argparse %-formats help strings ("%(default)s"); a literal '%' in our text (e.g. "15–30 % cheaper")
+        # would crash `--help`, so it is escaped here, once for every field
+        help_text = f"{f.metadata.get('help', '')} [{default_text}]".replace("%", "%%")
         if tp is bool:
             group.add_argument(flag, dest=prefix + f.name, default=None, type=lambda s, name=f.name: _coerce(bool, s, name, "cli"),
-                               nargs="?", const=True, metavar="BOOL", help=f"{f.metadata.get('help', '')} [{default_text}]")
+                               nargs="?", const=True, metavar="BOOL", help=help_text)
         else:
             group.add_argument(flag, dest=prefix + f.name, default=None, type=tp if tp in (int, float, str) else str,
-                               choices=f.metadata.get("choices"), help=f"{f.metadata.get('help', '')} [{default_text}]")
+                               choices=f.metadata.get("choices"), help=help_text)
 
 
 def collect_dataclass_args(ns, cls: type, *, prefix: str = "") -> dict:

@@ -8,7 +8,6 @@ Ctrl-C resumable with `--resume`, which on the CPU ends with the same soft label
 from __future__ import annotations
 
 import dataclasses
-import json
 import platform
 import subprocess
 import sys
@@ -129,6 +128,10 @@ def prepare_data(cfg: RunConfig) -> PreparedData:
     from engine.data.votes import read_votes
 
     table = read_votes(cfg.data.dataset, classes=cfg.class_list(), check_images=True)
+    if len(table.classes) < 2:  # `inspect` only warns; training on one class would "succeed" with nothing learned
+        raise InputError(Problem(str(table.votes_file), f"only one class is used ({', '.join(table.classes)}); "
+                                 "a classifier needs at least two classes",
+                                 "grade images of at least two classes (e.g. normal and plus)"))
     agg = aggregate(table)
     if cfg.data.roles:
         roles = read_roles(cfg.data.roles, table)
@@ -300,14 +303,20 @@ def run(cfg: RunConfig) -> Path:
     out = Path(cfg.runtime.out)
     rd = R.RunDir(out)
     ckpt_path = rd.path(R.CHECKPOINT)
+    if out.is_dir():
+        rd.mark_if_dead()  # a run killed before it could say so (kill -9) is failed, not "running" forever
+    start_over = f"delete the folder {out} (or pass another --out) and run again without --resume"
     if cfg.runtime.resume:
         if not ckpt_path.is_file():
-            raise InputError(Problem(str(out), "nothing to resume: no checkpoint.pt in the run folder",
-                                     "start a new run without --resume"))
+            raise InputError(Problem(str(out), "nothing to resume: no checkpoint.pt in the run folder (a run writes "
+                                     "it after its first finished epoch)", f"start over: {start_over}"))
         _check_resume_config(rd, cfg)
     elif out.exists() and any(out.iterdir()):
-        raise InputError(Problem(str(out), "run folder exists and is not empty",
-                                 "choose another --out, or add --resume to continue an interrupted run"))
+        if ckpt_path.is_file() and not rd.path(R.LABELS).is_file():
+            fix = "add --resume to continue the interrupted run, or choose another --out"
+        else:
+            fix = f"choose another --out, or start over: {start_over}"
+        raise InputError(Problem(str(out), "run folder exists and is not empty", fix))
     data = prepare_data(cfg)
     device = resolve_device(cfg.runtime.device)
     model = _create_model(cfg, len(data.classes))  # checks backbone and weights before anything is written
@@ -362,9 +371,8 @@ def run(cfg: RunConfig) -> Path:
 
 
 def _check_resume_config(rd: R.RunDir, cfg: RunConfig) -> None:
-    try:
-        old = json.loads(rd.path(R.CONFIG).read_text(encoding="utf-8"))
-    except (FileNotFoundError, ValueError):
+    old = rd.read_config()
+    if old is None:
         return
     new = cfg.to_dict()
     diffs = [f"{sec}.{k}" for sec in new if isinstance(new[sec], dict) and isinstance(old.get(sec), dict)
@@ -463,7 +471,9 @@ def _train(cfg: RunConfig, rd: R.RunDir, data: PreparedData, pixels: np.ndarray,
     ctx.on_step = progress.step
     state = None
     if cfg.runtime.resume:
-        ck = torch.load(rd.path(R.CHECKPOINT), map_location="cpu", weights_only=False)
+        from engine.safe_load import torch_load
+
+        ck = torch_load(rd.path(R.CHECKPOINT), what="checkpoint")
         ctx.model.load_state_dict(ck["model"])
         ctx.optimizer.load_state_dict(ck["optimizer"])
         state = FitState.from_dict(ck["fit"])
@@ -568,7 +578,9 @@ def _load_folds(rd: R.RunDir) -> dict:
     path = rd.path(R.CROSSFIT)
     if not path.is_file():
         return {}
-    raw = torch.load(path, map_location="cpu", weights_only=True)
+    from engine.safe_load import torch_load
+
+    raw = torch_load(path, what="cross-fitting checkpoint")
     return {int(i): {"train": r["train"].numpy(), "meta": r["meta"].numpy(), "seconds": r["seconds"]}
             for i, r in raw.items()}
 

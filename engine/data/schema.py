@@ -38,6 +38,17 @@ REVIEWED_AT = "reviewed_at"
 # predict
 PREDICTED = "predicted"
 
+# true/false as text (labels.csv `consensus`/`flag` cells, command-line and YAML options)
+TRUE_TEXT = ("1", "1.0", "true", "yes", "on")
+FALSE_TEXT = ("0", "0.0", "false", "no", "off")
+
+
+def parse_bool(text) -> bool | None:
+    """True/False for the spellings above (any case, spaces ignored), None for anything else."""
+    value = str(text).strip().lower()
+    return True if value in TRUE_TEXT else False if value in FALSE_TEXT else None
+
+
 LABELS_COLUMNS_HEAD = (IMAGE, ROLE, VOTES, MAJORITY, CONSENSUS)
 LABELS_COLUMNS_TAIL = (SUGGESTED, CONFIDENCE, FLAG, FLAG_CODE, FLAG_REASON, FLAG_SCORE, PRIORITY)
 

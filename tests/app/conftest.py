@@ -103,10 +103,10 @@ def make_fake_run(run_dir: Path, dataset: Path, *, method: str = "mslg", seed: i
 @pytest.fixture
 def fake_run(workspace, demo, monkeypatch) -> Path:
     """A finished run registered in the workspace store and selected (ROP_RUN)."""
-    from engine.review import ReviewStore
+    from engine.store import WorkspaceStore
 
     run_dir = make_fake_run(workspace / "runs" / "20250101-000000-mslg", demo)
-    with ReviewStore(workspace / "review.db") as store:
+    with WorkspaceStore(workspace / "review.db") as store:
         store.register_run(run_dir, dataset=demo, method="mslg", state="done", pid=None)
     monkeypatch.setenv("ROP_RUN", str(run_dir))
     return run_dir
