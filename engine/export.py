@@ -47,6 +47,18 @@ def provenance_path(out: Path | str) -> Path:
     return out.with_name(out.name + PROVENANCE_SUFFIX)
 
 
+def _fill_later_columns(frame: pd.DataFrame, classes: list[str]) -> None:
+    """Runs written before the label-estimation stage lack flag_code, priority and method_p:<class>: no codes, the
+    queue ordered by flag_score, and the method's view equal to p:<class>."""
+    if schema.FLAG_CODE not in frame.columns:
+        frame[schema.FLAG_CODE] = ""
+    if schema.PRIORITY not in frame.columns and schema.FLAG_SCORE in frame.columns:
+        frame[schema.PRIORITY] = frame[schema.FLAG_SCORE]
+    for c in classes:
+        if schema.method_prob_col(c) not in frame.columns and schema.prob_col(c) in frame.columns:
+            frame[schema.method_prob_col(c)] = frame[schema.prob_col(c)]
+
+
 def read_labels(path: Path | str) -> tuple[pd.DataFrame, list[str]]:
     """Read and validate a run's labels.csv; returns (frame of strings, classes in p:-column order).
 
@@ -64,6 +76,7 @@ def read_labels(path: Path | str) -> tuple[pd.DataFrame, list[str]]:
     problems: list[Problem] = []
     if not classes or any(not c for c in classes):
         problems.append(Problem(where, "no class columns: expected p:<class> columns, one per class"))
+    _fill_later_columns(frame, classes)
     missing = [c for c in schema.labels_columns(classes) if c not in frame.columns]
     if missing:
         problems.append(Problem(where, f"missing column(s) {', '.join(missing)}", "use the labels.csv a run wrote"))
