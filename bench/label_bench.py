@@ -56,6 +56,7 @@ class Setup:
     epochs: int = 0  # 0 = the recipe's
     folds: int = 2  # cross-fitting folds (engine default)
     fold_budget: float = 1.0
+    targets: str = "votes"  # what cross-entropy trains on: the experts' vote shares, or the majority (engine option)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -146,7 +147,13 @@ class Trainer:
         self.mean = tuple(float(v) for v in f.mean((0, 1, 2)))
         self.std = tuple(float(v) for v in f.std((0, 1, 2)))
         maj = data.majority
-        self.train = TensorData(imgs[data.train], maj[data.train])
+        shares = None
+        if setup.targets == "votes":
+            from engine.data.aggregate import vote_counts
+
+            counts = vote_counts(data.votes[data.train], data.k).astype(np.float32)
+            shares = counts / counts.sum(1, keepdims=True)
+        self.train = TensorData(imgs[data.train], maj[data.train], shares)
         self.meta = TensorData(imgs[data.meta], data.truth[data.meta])
         self.test = TensorData(imgs[data.test], data.truth[data.test])
 
@@ -418,6 +425,8 @@ def main(argv=None) -> int:
     p.add_argument("--arch", default=Setup.arch)
     p.add_argument("--epochs", type=int, default=0, help="0 = the recipe's")
     p.add_argument("--folds", type=int, default=Setup.folds)
+    p.add_argument("--targets", default=Setup.targets, choices=("votes", "majority"))
+    p.add_argument("--recipe", default=Setup.recipe, choices=("scratch", "finetune"))
     p.add_argument("--workers", type=int, default=min(2, os.cpu_count() or 1))
     p.add_argument("--quick", action="store_true", help="one small panel cell, 3 epochs: a smoke test of every row")
     p.add_argument("--json", default=None, help="write raw results here (default bench/out/label_bench_<date>.json)")
@@ -425,7 +434,7 @@ def main(argv=None) -> int:
     a = p.parse_args(argv)
     if a.quick:
         a.scenarios, a.seeds, a.n, a.epochs = ["panel-30"], [0], 600, 3
-    setup = Setup(n=a.n, size=a.size, arch=a.arch, epochs=a.epochs, folds=a.folds)
+    setup = Setup(n=a.n, size=a.size, arch=a.arch, epochs=a.epochs, folds=a.folds, targets=a.targets, recipe=a.recipe)
     rows = tuple(a.rows) if a.rows else None
     jobs = [(c, s, setup, rows) for s in a.seeds for c in a.scenarios]
     t0 = time.time()
