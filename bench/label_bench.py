@@ -336,7 +336,7 @@ def run_cell(dataset_scenario: str, seed: int, setup: Setup, rows: tuple[str, ..
         if want("cleanlab"):
             from cleanlab.filter import find_label_issues
 
-            issues = find_label_issues(maj, oos)
+            issues = find_label_issues(maj, oos, n_jobs=1)  # the bench's own workers are processes already
             add("cleanlab", score(np.where(issues, oos.argmax(1), maj), issues, maj, truth), acc, secs)
         if data.votes.shape[1] > 1 and want("crowdlab"):
             import pandas as pd
@@ -368,6 +368,14 @@ def _job(args):
     res = run_cell(cell, seed, setup, rows)
     print(f"  {cell} seed {seed}: {time.time() - t0:.0f}s", flush=True)
     return res
+
+
+def _saved(cells, path: Path):
+    """Pass each finished cell through, appending it to `path` first (a crash keeps what was done)."""
+    for res in cells:
+        with open(path, "a", encoding="utf-8") as fh:
+            fh.write(json.dumps(res, default=float) + "\n")
+        yield res
 
 
 def summarise(results: list[dict]) -> dict:
@@ -438,19 +446,20 @@ def main(argv=None) -> int:
     rows = tuple(a.rows) if a.rows else None
     jobs = [(c, s, setup, rows) for s in a.seeds for c in a.scenarios]
     t0 = time.time()
+    OUT.mkdir(parents=True, exist_ok=True)
+    partial = OUT / f"label_bench_{dt.datetime.now():%Y%m%d_%H%M}.partial.jsonl"  # cells as they finish
     if a.workers > 1 and len(jobs) > 1:
         import multiprocessing as mp
 
         with mp.get_context("spawn").Pool(a.workers, maxtasksperchild=1) as pool:
-            results = [r for res in pool.imap_unordered(_job, jobs) for r in res]
+            results = [r for res in _saved(pool.imap_unordered(_job, jobs), partial) for r in res]
     else:
-        results = [r for j in jobs for r in _job(j)]
+        results = [r for res in _saved(map(_job, jobs), partial) for r in res]
     meta = {"date": dt.datetime.now().strftime("%Y-%m-%d %H:%M"), "env": environment(), "setup": str(setup),
             "seeds": a.seeds, "wall_s": time.time() - t0, "quick": a.quick}
     summary = summarise(results)
     text = markdown(summary, meta)
     print(text)
-    OUT.mkdir(parents=True, exist_ok=True)
     path = Path(a.json) if a.json else OUT / f"label_bench_{dt.datetime.now():%Y%m%d_%H%M}.json"
     path.write_text(json.dumps({"meta": meta, "results": results}, indent=1, default=float))
     if a.results:
