@@ -219,6 +219,18 @@ class Trainer:
         cf = crossfit(make_ctx, cls, cfg, self.train, self.meta, k=s.folds, seed=self.seed)
         return {"train": cf.train_probs, "meta": cf.meta_probs, "seconds": time.time() - t0}
 
+    def refit(self, cls, cfg, soft: np.ndarray) -> dict:
+        """The method from scratch (warm-up included) with cross-entropy on `soft` (N_train, K) labels."""
+        from engine.train.context import TensorData
+        from engine.train.loop import fit, restore_best
+
+        t0 = time.time()
+        train = TensorData(self.train.images, self.train.targets, soft)
+        ctx = self.ctx(self.model(0), train, self.meta, epochs=self.r["epochs"], warmup=self.r["warmup_epochs"])
+        method = cls(cfg, ctx)
+        state = fit(ctx, method)
+        return {"ctx": ctx, "model": restore_best(ctx, method, state), "seconds": time.time() - t0}
+
     def meta_only(self) -> dict:
         """A fresh network trained on the meta set alone, as many SGD steps as the full run (last epoch kept)."""
         from engine.train.steps import ce_epoch
@@ -254,7 +266,7 @@ def model_row(probs: np.ndarray, maj: np.ndarray, truth: np.ndarray) -> dict:
     return score(sug, sug != maj, maj, truth)
 
 
-def pipeline_row(tr: Trainer, prior_train: np.ndarray, prior_meta: np.ndarray) -> dict:
+def pipeline_row(tr: Trainer, prior_train: np.ndarray, prior_meta: np.ndarray) -> tuple[dict, np.ndarray]:
     """The product's label estimate (engine.estimate + engine.flags, as `engine run` calls them) on training rows."""
     from engine.estimate import estimate_labels, review_priority
     from engine.flags import flag_images
@@ -276,7 +288,7 @@ def pipeline_row(tr: Trainer, prior_train: np.ndarray, prior_meta: np.ndarray) -
                 d.truth[d.train])
     out["expected_wrong"] = float(fl["flag_score"].to_numpy()[:n_train].sum())
     out["temperature"] = est.temperature
-    return out
+    return out, est.posterior[:n_train]
 
 
 def run_cell(dataset_scenario: str, seed: int, setup: Setup, rows: tuple[str, ...] | None = None) -> list[dict]:
@@ -328,8 +340,12 @@ def run_cell(dataset_scenario: str, seed: int, setup: Setup, rows: tuple[str, ..
             folds[name] = tr.crossfit(runs[name]["cls"], runs[name]["cfg"])
         if want(f"pipeline:{name}"):
             f, r = folds[name], runs[name]
-            add(f"pipeline:{name}", pipeline_row(tr, f["train"], f["meta"]), r["ctx"].accuracy(r["ctx"].test, r["model"]),
-                r["seconds"] + f["seconds"])
+            metrics, posterior = pipeline_row(tr, f["train"], f["meta"])
+            add(f"pipeline:{name}", metrics, r["ctx"].accuracy(r["ctx"].test, r["model"]), r["seconds"] + f["seconds"])
+            if want(f"refit:{name}"):  # the method trained again, on the estimated labels instead of the votes
+                rf = tr.refit(r["cls"], r["cfg"], posterior)
+                add(f"refit:{name}", metrics, rf["ctx"].accuracy(rf["ctx"].test, rf["model"]),
+                    r["seconds"] + f["seconds"] + rf["seconds"])
     if "ce" in folds:
         oos, secs = folds["ce"]["train"], runs["ce"]["seconds"] + folds["ce"]["seconds"]
         acc = runs["ce"]["ctx"].accuracy(runs["ce"]["ctx"].test, runs["ce"]["model"])
