@@ -57,6 +57,7 @@ class Setup:
     folds: int = 2  # cross-fitting folds (engine default)
     fold_budget: float = 1.0
     targets: str = "votes"  # what cross-entropy trains on: the experts' vote shares, or the majority (engine option)
+    dump: str = ""  # folder for each cell's estimator inputs (.npz), for offline study
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -341,6 +342,11 @@ def run_cell(dataset_scenario: str, seed: int, setup: Setup, rows: tuple[str, ..
         if want(f"pipeline:{name}"):
             f, r = folds[name], runs[name]
             metrics, posterior = pipeline_row(tr, f["train"], f["meta"])
+            if setup.dump:  # what the estimator saw, for offline study of the estimator
+                Path(setup.dump).mkdir(parents=True, exist_ok=True)
+                np.savez_compressed(Path(setup.dump) / f"{dataset_scenario}_s{seed}_{name}.npz", prior_train=f["train"],
+                                    prior_meta=f["meta"], votes=data.votes, truth=data.truth, train=data.train,
+                                    meta=data.meta, insample=r["ctx"].predict_train(r["model"]).numpy(), k=data.k)
             add(f"pipeline:{name}", metrics, r["ctx"].accuracy(r["ctx"].test, r["model"]), r["seconds"] + f["seconds"])
             if want(f"refit:{name}"):  # the method trained again, on the estimated labels instead of the votes
                 rf = tr.refit(r["cls"], r["cfg"], posterior)
@@ -451,6 +457,8 @@ def main(argv=None) -> int:
     p.add_argument("--folds", type=int, default=Setup.folds)
     p.add_argument("--targets", default=Setup.targets, choices=("votes", "majority"))
     p.add_argument("--recipe", default=Setup.recipe, choices=("scratch", "finetune"))
+    p.add_argument("--fold-budget", type=float, default=Setup.fold_budget)
+    p.add_argument("--dump", default="", help="save each cell's estimator inputs here (.npz)")
     p.add_argument("--workers", type=int, default=min(2, os.cpu_count() or 1))
     p.add_argument("--quick", action="store_true", help="one small panel cell, 3 epochs: a smoke test of every row")
     p.add_argument("--json", default=None, help="write raw results here (default bench/out/label_bench_<date>.json)")
@@ -458,7 +466,8 @@ def main(argv=None) -> int:
     a = p.parse_args(argv)
     if a.quick:
         a.scenarios, a.seeds, a.n, a.epochs = ["panel-30"], [0], 600, 3
-    setup = Setup(n=a.n, size=a.size, arch=a.arch, epochs=a.epochs, folds=a.folds, targets=a.targets, recipe=a.recipe)
+    setup = Setup(n=a.n, size=a.size, arch=a.arch, epochs=a.epochs, folds=a.folds, targets=a.targets, recipe=a.recipe,
+                  fold_budget=a.fold_budget, dump=a.dump)
     rows = tuple(a.rows) if a.rows else None
     jobs = [(c, s, setup, rows) for s in a.seeds for c in a.scenarios]
     t0 = time.time()
