@@ -112,7 +112,9 @@ class PreparedData:
     """The dataset as the run sees it: one row per image in votes.csv order, plus the role of each row."""
 
     classes: list[str]
-    frame: pd.DataFrame  # image, role, votes, majority, tie, consensus, n_graders, agreement, _major_idx
+    # image, role, votes, majority, tie, consensus, n_graders, agreement, _major_idx (the majority's class index,
+    # -1 = none), _target_idx (the label training uses: the majority, except -1 for role=unlabeled)
+    frame: pd.DataFrame
     paths: list[Path]
     warnings: list
 
@@ -133,6 +135,9 @@ def prepare_data(cfg: RunConfig) -> PreparedData:
     frame[S.ROLE] = roles.to_numpy()
     index = {c: k for k, c in enumerate(table.classes)}
     frame["_major_idx"] = [index.get(m, -1) for m in frame[S.MAJORITY]]
+    # role=unlabeled trains without its votes, even when experts graded it (e.g. the other eye of a patient whose
+    # consensus eye went to the meta set, so that nothing the experts said about a meta patient reaches training)
+    frame["_target_idx"] = np.where(frame[S.ROLE] == S.UNLABELED, -1, frame["_major_idx"])
     data = PreparedData(list(table.classes), frame.reset_index(drop=True), table.image_paths(), list(table.warnings))
     _check_roles(data, cfg)
     return data
@@ -152,7 +157,7 @@ def _check_roles(data: PreparedData, cfg: RunConfig) -> None:
             p.append(Problem(where, f"class(es) {missing} have no meta image",
                              "add consensus images of those classes to the meta set, or drop the classes"))
     train = f[f[S.ROLE].isin([S.TRAIN, S.UNLABELED])]
-    if (train["_major_idx"] >= 0).sum() < 2:
+    if (train["_target_idx"] >= 0).sum() < 2:
         p.append(Problem(where, "fewer than 2 labelled training images", "assign more images to role=train"))
     if p:
         raise InputError(p)
@@ -403,7 +408,7 @@ def _pretrain(cfg: RunConfig, rd: R.RunDir, device: torch.device, num_classes: i
 
 def _tensors(data: PreparedData, pixels: np.ndarray, roles: tuple[str, ...]) -> tuple[TensorData, np.ndarray]:
     rows = np.flatnonzero(data.frame[S.ROLE].isin(roles).to_numpy())
-    return TensorData(pixels[rows], data.frame["_major_idx"].to_numpy()[rows]), rows
+    return TensorData(pixels[rows], data.frame["_target_idx"].to_numpy()[rows]), rows
 
 
 def _train(cfg: RunConfig, rd: R.RunDir, data: PreparedData, pixels: np.ndarray, model, device):
