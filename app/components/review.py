@@ -1,7 +1,10 @@
 """The review queue: flagged images of a run's labels.csv, one at a time, each action one audit row in the store.
 
-Session slots (key = "rv" on the Review page): f"{key}_current" (image shown), f"{key}_note", f"{key}_msg",
-f"{key}_zoom", f"{key}_fx", f"{key}_fy", and the filters f"{key}_f_*".
+Session slots (key = "rv" on the Review page): f"{key}_current" (image shown), f"{key}_shown" (the image the
+note field belongs to), f"{key}_note", f"{key}_msg", f"{key}_trail" (images seen before, for Previous),
+f"{key}_zoom", f"{key}_fx", f"{key}_fy", the filters f"{key}_f_*", and for the two tables ("list", "hist")
+f"{key}_{name}_images" (the images of their rows as drawn) and f"{key}_nonce" (part of their keys: a new nonce
+draws them without a selection).
 """
 
 from __future__ import annotations
@@ -76,6 +79,15 @@ ACTION_TEXT = {"accept_suggestion": "accepted the suggestion", "keep_majority": 
                "choose_class": "chose", "skip": "skipped"}
 
 
+def saved_text(action: str, new_label: str | None, image: str) -> str:
+    """The toast after an action, e.g. "Saved: you chose plus for P001_L.png"."""
+    name = Path(image).name
+    if action == "skip":
+        return f"Saved: you skipped {name}; it stays in the queue."
+    what = f"chose {new_label}" if action == "choose_class" else f"{ACTION_TEXT[action]} ({new_label})"
+    return f"Saved: you {what} for {name}."
+
+
 def decide(key: str, run_dir: str, image: str, action: str, new_label: str | None, old_label: str | None,
            next_image: str | None) -> None:
     """Button callback: exactly one add_decision row, then advance to next_image."""
@@ -89,21 +101,48 @@ def decide(key: str, run_dir: str, image: str, action: str, new_label: str | Non
         st.session_state[f"{key}_msg"] = ("error", f"The decision was NOT recorded: {exc}")
         return
     state.log.info("decision %s on %s by %s: %s -> %s", action, image, reviewer, old_label, new_label)
-    what = ACTION_TEXT[action] + (f" {new_label}" if action == "choose_class" else "")
-    st.session_state[f"{key}_msg"] = ("ok", f"Saved: you {what} for {Path(image).name}.")
+    st.session_state[f"{key}_msg"] = ("ok", saved_text(action, new_label, image))
     st.session_state[f"{key}_note"] = ""
     st.session_state.setdefault(f"{key}_trail", []).append(image)
     st.session_state[f"{key}_current"] = next_image
     st.session_state[f"{key}_zoom"] = 1.0
 
 
-def new_selection(event, slot: str) -> int | None:
-    """The selected row of a dataframe event, only when the selection changed since the last run (else None)."""
-    rows = tuple(event.selection.rows) if event is not None and hasattr(event, "selection") else ()
-    if rows == st.session_state.get(slot, ()):
-        return None
-    st.session_state[slot] = rows
-    return rows[0] if rows else None
+def filters_changed(key: str) -> None:
+    """on_change of a filter: show the first image of the newly filtered list (the page picks it)."""
+    st.session_state.pop(f"{key}_current", None)
+
+
+def table_key(key: str, name: str) -> str:
+    """The widget key of the "list" or "hist" table: it changes after each pick, so the table comes back unselected
+    and picking the same row again is a new pick."""
+    return f"{key}_{name}_{st.session_state.get(f'{key}_nonce', 0)}"
+
+
+def take_selection(key: str) -> None:
+    """Go to the image of a row picked in a table during the previous run. Called at the top of the page, before
+    any widget is drawn: moving there sets the zoom, which Streamlit refuses once the zoom slider exists."""
+    for name in ("list", "hist"):
+        picked = st.session_state.get(table_key(key, name)) or {}
+        rows = list((picked.get("selection") or {}).get("rows") or [])
+        images = st.session_state.get(f"{key}_{name}_images") or []
+        if rows and rows[0] < len(images):
+            current = st.session_state.get(f"{key}_current")
+            if images[rows[0]] != current:
+                go_to(key, images[rows[0]], current)
+            st.session_state[f"{key}_nonce"] = st.session_state.get(f"{key}_nonce", 0) + 1
+            return
+
+
+def pending_note(history: pd.DataFrame, image: str) -> str:
+    """The note of the image's latest row when that row is a skip: it goes into the note field, so that it is
+    saved with the decision eventually made (a skip is never the decision in force)."""
+    if history.empty:
+        return ""
+    mine = history[history["image"] == image]
+    if mine.empty or mine.iloc[-1]["action"] != "skip":
+        return ""
+    return str(mine.iloc[-1]["note"] or "")
 
 
 def go_to(key: str, image: str | None, came_from: str | None = None) -> None:

@@ -103,7 +103,7 @@ def test_a_short_class_names_the_held_back_patients_and_the_override_adds_them(a
     assert not at.exception, at.exception
     roles = at.session_state["meta_roles"]["roles"]
     mine = frame[frame["patient_id"] == pid]
-    assert all(roles[i] == ("meta" if c else "unlabeled") for i, c in zip(mine["image"], mine["consensus"]))
+    assert all(roles[i] == ("meta" if c else "unlabeled") for i, c in zip(mine["image"], mine["consensus"], strict=True))
     at.button(key="meta_save").click().run()
     assert not at.error, [e.value for e in at.error]
     saved = read_roles(next((workspace / "roles").glob("*.csv")), table)  # what `run --roles` accepts
