@@ -247,6 +247,51 @@ def read_progress(run_dir: Path, *, max_bytes: int = 4_000_000) -> list[dict]:
     return out
 
 
+def _first_progress_time(run_dir: Path) -> float | None:
+    """The "time" of the first record of progress.jsonl (the run's first step; kept across --resume)."""
+    try:
+        with open(Path(run_dir) / "progress.jsonl", encoding="utf-8") as fh:
+            first = json.loads(fh.readline())
+    except (OSError, ValueError):
+        return None
+    value = first.get("time") if isinstance(first, dict) else None
+    return float(value) if isinstance(value, (int, float)) else None
+
+
+def started_at(job: JobView) -> datetime | None:
+    """When the run started, from its run folder: the first progress record, else when config.json was written
+    (the engine writes it before loading images), else when the app launched it (never an import time)."""
+    when = _first_progress_time(job.run_dir)
+    if when is None:
+        try:
+            when = (job.run_dir / "config.json").stat().st_mtime
+        except OSError:
+            when = None
+    if when is not None:
+        return datetime.fromtimestamp(when, UTC)
+    if (job.record.get("config") or {}).get("external"):
+        return None  # registered when the app first saw it: not a start time
+    try:
+        return datetime.fromisoformat(job.record["started_at"]) if job.record.get("started_at") else None
+    except ValueError:
+        return None
+
+
+def duration_s(job: JobView) -> float | None:
+    """How long the run took (done: the engine's own wall time) or has taken so far; None when unknown."""
+    if job.state == "done":
+        for value in (read_metrics(job.run_dir).get("wall_time_s"), job.status.get("elapsed_s")):
+            if isinstance(value, (int, float)) and value > 0:
+                return float(value)
+    start = started_at(job)
+    if start is None:
+        return None
+    if job.active:
+        return max(0.0, time.time() - start.timestamp())
+    updated = job.status.get("updated")
+    return max(0.0, float(updated) - start.timestamp()) if isinstance(updated, (int, float)) else None
+
+
 def register_external_run(run_dir: Path, dataset: Path | None) -> None:
     """A run folder given on the command line (e.g. by `make demo`) joins the runs table once."""
     store = state.store()

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from datetime import datetime
 from pathlib import Path
 
 import pandas as pd
@@ -22,27 +21,6 @@ def _fmt_duration(seconds: float | None) -> str:
     if seconds < 3600:
         return f"{seconds // 60} min {seconds % 60:02d} s"
     return f"{seconds // 3600} h {seconds % 3600 // 60:02d} min"
-
-
-def _parse_time(text: str | None) -> datetime | None:
-    if not text:
-        return None
-    try:
-        return datetime.fromisoformat(text)
-    except ValueError:
-        return None
-
-
-def duration(job: jobs.JobView) -> float | None:
-    started = _parse_time(job.record.get("started_at"))
-    if started is None:
-        return None
-    finished = _parse_time(job.record.get("finished_at"))
-    if finished is None and not job.active:
-        elapsed = job.status.get("elapsed_s")
-        return float(elapsed) if isinstance(elapsed, (int, float)) else None
-    end = finished or datetime.now(started.tzinfo)
-    return (end - started).total_seconds()
 
 
 STAGES = {"setup": "Setting up (loading images)", "pretrain": "DR pretraining", "warmup": "Warm-up (cross-entropy)",
@@ -149,7 +127,7 @@ def _body(key: str, job: jobs.JobView) -> None:
             st.button("Cancel run", key=f"{key}_cancel", icon=":material/cancel:", on_click=jobs.cancel, args=(job,),
                       help="stops the run (it keeps its last finished epoch; the CLI can --resume it)")
     elif job.state == "done":
-        st.progress(1.0, text=f"Done in {_fmt_duration(duration(job))}")
+        st.progress(1.0, text=f"Done in {_fmt_duration(jobs.duration_s(job))}")
         _metrics_row(job.run_dir)
     else:
         _failure(job)
@@ -178,31 +156,38 @@ def live_panel(*, key: str, run_dir: Path) -> None:
     _live()
 
 
-def runs_table(*, key: str, dataset: Path | None) -> Path | None:
-    """Runs of this dataset, newest first; returns the run the user selected (or None)."""
+def ordered_jobs(dataset: Path | None) -> list[jobs.JobView]:
+    """The runs of a dataset (all runs when None) as the app shows them: running ones first, then newest first."""
     records = state.store().list_runs(dataset=dataset) if dataset else state.store().list_runs()
-    if not records:
+    views = [jobs.view(r) for r in records]
+    return sorted(views, key=lambda v: not v.active)  # stable: keeps the store's newest-first order
+
+
+def _cell_pct(x) -> str:
+    return f"{100 * x:.1f} %" if isinstance(x, (int, float)) else ""
+
+
+def runs_table(*, key: str, views: list[jobs.JobView]) -> Path | None:
+    """The runs (`ordered_jobs`), one row each; returns the run the user selected (or None).
+
+    Start and duration come from the run folder; a value that does not exist yet is an empty cell."""
+    if not views:
         st.caption("No runs yet: launch one above.")
         return None
     rows = []
-    views = [jobs.view(r) for r in records]
     for v in views:
         m = jobs.read_metrics(v.run_dir) if v.state == "done" else {}
-        started = _parse_time(v.record.get("started_at"))
+        started = jobs.started_at(v)
+        seconds = jobs.duration_s(v)
+        flagged = m.get("n_flagged")
         rows.append({
             "run": v.name, "status": v.state, "method": v.method,
-            "meta acc": m.get("meta_acc"), "test acc": m.get("test_acc"), "flagged": m.get("n_flagged"),
+            "meta acc": _cell_pct(m.get("meta_acc")), "test acc": _cell_pct(m.get("test_acc")),
+            "flagged": str(flagged) if isinstance(flagged, int) else "",
             "started": started.astimezone().strftime("%Y-%m-%d %H:%M") if started else "",
-            "duration": _fmt_duration(duration(v)),
+            "duration": _fmt_duration(seconds) if seconds is not None else "",
         })
-    frame = pd.DataFrame(rows)
-    for col in ("meta acc", "test acc", "flagged"):
-        frame[col] = pd.to_numeric(frame[col], errors="coerce")  # missing -> empty cell, not "None"
-    event = st.dataframe(
-        frame, hide_index=True, width="stretch", key=f"{key}_table_{len(records)}", on_select="rerun", selection_mode="single-row",
-        column_config={"meta acc": st.column_config.NumberColumn(format="percent"),
-                       "test acc": st.column_config.NumberColumn(format="percent"),
-                       "flagged": st.column_config.NumberColumn(format="%d")},
-    )
+    event = st.dataframe(pd.DataFrame(rows), hide_index=True, width="stretch", key=f"{key}_table_{len(views)}",
+                         on_select="rerun", selection_mode="single-row")
     selected = event.selection.rows if event and hasattr(event, "selection") else []
     return views[selected[0]].run_dir if selected else None

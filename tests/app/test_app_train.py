@@ -4,6 +4,8 @@ for `python -m engine run`, no training), the live panel, Cancel, and a job whos
 from __future__ import annotations
 
 import json
+import os
+import signal
 import subprocess
 import sys
 import time
@@ -109,3 +111,64 @@ def test_form_options_are_accepted_by_the_engine_cli(at, demo, workspace, fake_e
     assert cfg.runtime.method == "mslg" and cfg.method_params["k"] == 10
     for r in ReviewStore(workspace / "review.db").list_runs():
         jobs.cancel(jobs.view(r))
+
+
+def _start_fake_job(workspace, dataset, name="20250102-000000-ce"):
+    """A running job as a reload finds it: a live process (the fake engine) registered in the store."""
+    run_dir = workspace / "runs" / name
+    proc = subprocess.Popen([sys.executable, FAKE_ENGINE, str(dataset), "--out", str(run_dir)],
+                            start_new_session=True)
+    assert _wait(lambda: (run_dir / "status.json").exists())
+    with ReviewStore(workspace / "review.db") as store:
+        store.register_run(run_dir, dataset=dataset, method="ce", state="running", pid=proc.pid)
+    return run_dir, proc
+
+
+def _table_rows(at) -> list[dict]:
+    return next(df.value for df in at.dataframe if (df.key or "").startswith("train_runs_table")).to_dict("records")
+
+
+def test_a_reload_during_a_run_shows_that_run_first_with_blank_cells(at, fake_run, demo, workspace):
+    """The session's run is a finished one (the last run with labels); a job is running: it is what the panel
+    shows and the first row of the runs table, and its not-yet-known accuracies are empty cells."""
+    run_dir, proc = _start_fake_job(workspace, demo)
+    try:
+        at.run()  # a new browser session = a reload
+        at.switch_page("views/train.py").run()
+        assert not at.exception, at.exception
+        assert at.session_state["run"] == str(fake_run)
+        assert any(run_dir.name in m.value and "running" in m.value for m in at.markdown)
+        bars = at.get("progress")
+        assert bars and "Warm-up" in bars[0].proto.text
+        rows = _table_rows(at)
+        assert [r["run"] for r in rows] == [run_dir.name, fake_run.name]
+        assert (rows[0]["status"], rows[0]["meta acc"], rows[0]["test acc"], rows[0]["flagged"]) == (
+            "running", "", "", "")
+        assert rows[1]["meta acc"] == "80.0 %"
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        proc.wait(timeout=20)
+
+
+def test_a_run_started_outside_the_app_shows_its_own_start_and_duration(at, demo, workspace, monkeypatch):
+    """`make demo` hands the app a finished run folder: its start and duration come from the folder, not from when
+    the app first saw it."""
+    from tests.app.conftest import make_fake_run
+
+    run_dir = make_fake_run(workspace / "elsewhere" / "demo-mslg", demo)
+    start = 1_700_000_000.0  # 2023-11-14 22:13:20 UTC
+    progress = [json.loads(line) for line in (run_dir / "progress.jsonl").read_text().splitlines()]
+    (run_dir / "progress.jsonl").write_text("".join(json.dumps({**r, "time": start + 10 * i}) + "\n"
+                                                    for i, r in enumerate(progress)))
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    (run_dir / "metrics.json").write_text(json.dumps({**metrics, "wall_time_s": 754.2}))
+    monkeypatch.setenv("ROP_RUN", str(run_dir))
+    at.run()
+    at.switch_page("views/train.py").run()
+    assert not at.exception, at.exception
+    assert "Done in 12 min 34 s" in at.get("progress")[0].proto.text
+    (row,) = _table_rows(at)
+    from datetime import datetime
+
+    assert row["started"] == datetime.fromtimestamp(start).strftime("%Y-%m-%d %H:%M")
+    assert row["duration"] == "12 min 34 s"
