@@ -151,3 +151,16 @@ def test_the_sidebar_shows_the_run_the_review_page_works_on(at, fake_run, demo, 
     assert at.session_state["run"] == str(fake_run)
     sidebar_texts = [t.value for t in at.sidebar.text]
     assert any(t.startswith(fake_run.name) for t in sidebar_texts), sidebar_texts
+
+
+def test_class_balance_chart_sizes_itself_per_bar(at, demo):
+    """A fixed total height made Streamlit's theme squeeze the grouped bars and the bottom legend into it: the chart
+    collapsed into a thin strip. The height is a step per bar, so the chart grows with the classes."""
+    import json
+
+    at.run()
+    at.switch_page("views/data.py").run()
+    specs = [json.loads(c.proto.spec) for c in at.get("vega_lite_chart")]
+    grouped = [s for s in specs if "yOffset" in s.get("encoding", {})]
+    assert len(grouped) == 1  # the class balance: majority vote vs consensus only
+    assert grouped[0]["height"] == {"step": 16}
