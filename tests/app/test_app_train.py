@@ -172,3 +172,24 @@ def test_a_run_started_outside_the_app_shows_its_own_start_and_duration(at, demo
 
     assert row["started"] == datetime.fromtimestamp(start).strftime("%Y-%m-%d %H:%M")
     assert row["duration"] == "12 min 34 s"
+
+
+def test_parameters_with_fixed_values_are_select_boxes_and_reach_the_engine(at, demo, workspace, fake_engine):
+    """mslg's meta_jvp and real_update take only their listed values: select boxes, not free text."""
+    at.run()
+    at.switch_page("views/train.py").run()
+    jvp = at.selectbox(key="train_mslg_meta_jvp")
+    assert jvp.options == ["exact", "finite-difference"] and jvp.value == "exact"
+    assert at.selectbox(key="train_mslg_real_update").options == ["fresh-labels", "same-pass"]
+    assert not [t for t in at.text_input if t.key in ("train_mslg_meta_jvp", "train_mslg_real_update")]
+    jvp.set_value("finite-difference")
+    at.selectbox(key="train_mslg_real_update").set_value("same-pass")
+    at.number_input(key="train_schedule_epochs").set_value(2)
+    at.number_input(key="train_schedule_warmup_epochs").set_value(1)
+    next(b for b in at.form_submit_button if b.label == "Launch training").click().run()
+    assert not at.exception, at.exception
+    argv = fake_engine[0]
+    assert argv[argv.index("--mslg-meta-jvp") + 1] == "finite-difference"
+    assert argv[argv.index("--mslg-real-update") + 1] == "same-pass"
+    for r in ReviewStore(workspace / "review.db").list_runs():
+        jobs.cancel(jobs.view(r))
