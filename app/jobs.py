@@ -84,6 +84,22 @@ def launch(*, dataset: Path, run_dir: Path, method: str, options: list[str], for
     return proc.pid
 
 
+def can_resume(job: JobView) -> bool:
+    """A stopped run (cancelled or failed) that left a checkpoint and its config.json can continue."""
+    return job.state in ("cancelled", "failed") and (job.run_dir / "checkpoint.pt").is_file() and (
+        job.run_dir / "config.json").is_file()
+
+
+def resume(job: JobView) -> int:
+    """Continue a stopped run from its last checkpoint with exactly its settings (`--config RUNDIR/config.json
+    --resume`, the engine checks that nothing changed); the same run folder, a new process. Returns its pid."""
+    config = json.loads((job.run_dir / "config.json").read_text(encoding="utf-8"))
+    dataset = Path((config.get("data") or {}).get("dataset") or job.record.get("dataset") or "")
+    form = (job.record.get("config") or {}).get("form") or {}
+    return launch(dataset=dataset, run_dir=job.run_dir, method=job.method,
+                  options=["--config", str(job.run_dir / "config.json"), "--resume"], form=form)
+
+
 def console_path(run_dir: Path) -> Path:
     """Where a job's stdout/stderr go (outside the run folder, which the engine wants empty)."""
     return state.ws_dir("logs") / f"{Path(run_dir).name}.console.txt"

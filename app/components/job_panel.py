@@ -99,8 +99,13 @@ def _pct(x) -> str:
     return "—" if not isinstance(x, (int, float)) else f"{100 * x:.1f} %"
 
 
-def _failure(job: jobs.JobView) -> None:
+def _failure(key: str, job: jobs.JobView) -> None:
     st.error(f"**The run {job.state}.** {job.message}", icon=":material/error:" if job.state == "failed" else ":material/cancel:")
+    if jobs.can_resume(job):
+        st.button("Resume", key=f"{key}_resume", type="primary", icon=":material/play_arrow:",
+                  on_click=_resume, args=(job,),
+                  help="continue from the last finished epoch (checkpoint.pt) with the same settings; on the CPU "
+                       "the result equals an uninterrupted run")
     log = jobs.log_tail(job.run_dir)
     console = jobs.log_tail(job.run_dir, console=True)
     if log:
@@ -111,7 +116,18 @@ def _failure(job: jobs.JobView) -> None:
             st.code(console, language=None)
 
 
+def _resume(job: jobs.JobView) -> None:
+    try:
+        jobs.resume(job)
+    except Exception as exc:  # shown by the page's next run; the traceback goes to app.log
+        state.log.exception("could not resume %s", job.run_dir)
+        st.session_state["job_panel_error"] = f"Could not resume {job.name}: {type(exc).__name__}: {exc}"
+
+
 def _body(key: str, job: jobs.JobView) -> None:
+    error = st.session_state.pop("job_panel_error", None)
+    if error:
+        st.error(error, icon=":material/error:")
     badge = {"running": ":blue-badge[running]", "queued": ":gray-badge[queued]", "done": ":green-badge[done]",
              "failed": ":red-badge[failed]", "cancelled": ":orange-badge[cancelled]"}.get(job.state, job.state)
     st.markdown(f"**{job.name}** · {job.method} · {badge}")
@@ -130,7 +146,7 @@ def _body(key: str, job: jobs.JobView) -> None:
         st.progress(1.0, text=f"Done in {_fmt_duration(jobs.duration_s(job))}")
         _metrics_row(job.run_dir)
     else:
-        _failure(job)
+        _failure(key, job)
     if job.run_dir.is_dir():
         curves(job.run_dir)
 

@@ -193,3 +193,45 @@ def test_parameters_with_fixed_values_are_select_boxes_and_reach_the_engine(at, 
     assert argv[argv.index("--mslg-real-update") + 1] == "same-pass"
     for r in ReviewStore(workspace / "review.db").list_runs():
         jobs.cancel(jobs.view(r))
+
+
+def test_a_cancelled_run_with_a_checkpoint_resumes_with_its_own_settings(at, demo, workspace, fake_engine):
+    from engine.cli import build_parser
+    from engine.commands.run import config_from_args
+    from engine.config import DataConfig, RunConfig, RuntimeConfig, ScheduleConfig
+
+    _launch(at, data_image_size=32, schedule_epochs=2, schedule_warmup_epochs=1, schedule_batch_size=16)
+    with ReviewStore(workspace / "review.db") as store:
+        (record,) = store.list_runs()
+    run_dir = Path(record["run_dir"])
+    assert _wait(lambda: (run_dir / "status.json").exists())
+    at.run()
+    assert not [b for b in at.button if b.key == "train_live_resume"]  # nothing to resume while it runs
+    at.button(key="train_live_cancel").click().run()
+    assert _wait(lambda: json.loads((run_dir / "status.json").read_text())["state"] == "cancelled")
+    assert _wait(lambda: not jobs.pid_alive(record["pid"], run_dir))
+    at.run()
+    assert not [b for b in at.button if b.key == "train_live_resume"]  # no checkpoint: nothing to resume from
+    # what the engine leaves after its first epoch: the resolved config and a checkpoint
+    cfg = RunConfig(data=DataConfig(dataset=str(demo), image_size=32), schedule=ScheduleConfig(epochs=2,
+                    warmup_epochs=1, batch_size=16), runtime=RuntimeConfig(out=str(run_dir), method="ce"))
+    (run_dir / "config.json").write_text(json.dumps({**cfg.to_dict(), "versions": {}, "git_commit": "",
+                                                     "classes": ["normal", "pre-plus", "plus"], "device": "cpu"}))
+    (run_dir / "checkpoint.pt").write_bytes(b"checkpoint")
+    at.run()
+    assert any("cancelled" in e.value for e in at.error)
+    at.button(key="train_live_resume").click().run()
+    assert not at.exception, at.exception
+    assert len(fake_engine) == 2
+    argv = fake_engine[1]
+    assert argv[argv.index("--out") + 1] == str(run_dir) and "--resume" in argv
+    resumed = config_from_args(build_parser().parse_args(["run", *argv]))
+    assert resumed.runtime.resume and resumed.to_dict()["schedule"] == cfg.to_dict()["schedule"]
+    assert resumed.data.image_size == 32 and resumed.runtime.method == "ce"
+    with ReviewStore(workspace / "review.db") as store:
+        again = store.get_run(run_dir)
+    assert again["state"] == "running" and again["pid"] != record["pid"]
+    assert _wait(lambda: json.loads((run_dir / "status.json").read_text())["state"] == "running")
+    at.run()
+    assert at.get("progress")  # watched live again
+    jobs.cancel(jobs.view(again))
