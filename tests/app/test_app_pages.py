@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 PAGES = ["views/overview.py", "views/data.py", "views/meta.py", "views/train.py", "views/review.py",
-         "views/export.py"]
+         "views/export.py", "views/predict.py"]
 
 
 def _texts(at) -> str:
