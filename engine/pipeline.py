@@ -170,6 +170,7 @@ def load_pixels(data: PreparedData, cfg: RunConfig, log=print) -> np.ndarray:
     cache_dir = cfg.data.cache_dir or str(Path(cfg.data.dataset) / ".cache")
     cache = ImageCache(cache_dir)
     t0 = time.time()
+    log(f"loading {len(data.paths)} images at {cfg.data.image_size}px (decoded once, then read from the cache)")
     pixels = cache.load_many(data.paths, cfg.data.image_size)
     log(f"loaded {len(pixels)} images at {cfg.data.image_size}px in {time.time() - t0:.1f}s "
         f"({cache.decode_count} decoded, the rest from the cache {cache_dir})")
@@ -206,8 +207,28 @@ def git_commit() -> str:
 # progress
 
 
+def console(line: str) -> None:
+    """A line on the console (stderr) of `python -m engine run`, above the progress bar when one is shown."""
+    from tqdm import tqdm
+
+    tqdm.write(line, file=sys.stderr)
+
+
+def fmt_seconds(seconds: float | None) -> str:
+    """12 -> "12 s", 754 -> "12 min 34 s", 4000 -> "1 h 06 min"."""
+    if seconds is None or not np.isfinite(seconds):
+        return "?"
+    s = int(round(max(seconds, 0.0)))
+    if s < 60:
+        return f"{s} s"
+    if s < 3600:
+        return f"{s // 60} min {s % 60:02d} s"
+    return f"{s // 3600} h {s % 3600 // 60:02d} min"
+
+
 class Progress:
-    """Writes status.json, progress.jsonl and a tqdm bar from the training loop's callbacks."""
+    """Writes status.json, progress.jsonl and the console's progress from the training loop's callbacks: on a
+    terminal a bar per epoch (stage, epoch, loss, time left); everywhere one line per epoch with the time left."""
 
     def __init__(self, rd: R.RunDir, cfg: RunConfig, steps_per_epoch: dict[str, int]):
         self.rd, self.cfg, self.spe = rd, cfg, steps_per_epoch
@@ -223,8 +244,8 @@ class Progress:
         if self.bar:
             self.bar.close()
         self.epoch, self.stage, self.t_epoch = epoch, stage, time.time()
-        self.bar = tqdm(total=self.spe[stage], desc=f"{stage} {epoch + 1}/{self.cfg.schedule.epochs}",
-                        leave=False, disable=None, file=sys.stderr)
+        self.bar = tqdm(total=self.spe[stage], desc=f"{stage} epoch {epoch + 1}/{self.cfg.schedule.epochs}",
+                        leave=False, disable=None, file=sys.stderr, unit="step")  # disable=None: terminals only
 
     def eta(self, step: int, steps: int) -> float | None:
         """Seconds left: measured seconds per step of each stage × the steps left in it (main ≈ 3× warm-up)."""
@@ -241,13 +262,13 @@ class Progress:
         return left_this + rest
 
     def step(self, rec: dict) -> None:
-        if self.bar:
-            self.bar.update(1)
-            if "loss" in rec:
-                self.bar.set_postfix(loss=f"{rec['loss']:.3f}")
         now = time.time()
         steps = rec.get("steps", 1)
         eta = self.eta(rec.get("step", 0), steps)
+        if self.bar:
+            self.bar.update(1)
+            postfix = {"loss": f"{rec['loss']:.3f}"} if "loss" in rec else {}
+            self.bar.set_postfix(**postfix, left=fmt_seconds(eta), refresh=False)
         record = {**rec, "of": self.cfg.schedule.epochs, "eta_s": eta}
         self.rd.progress(record)
         if now - self.last_write > 0.5 or rec.get("step", 0) + 1 == steps:
@@ -262,8 +283,11 @@ class Progress:
         self.rd.progress({"stage": rec["stage"], "epoch": rec["epoch"], "event": "epoch_end",
                           **{k: v for k, v in rec.items() if k not in ("stage", "epoch")}})
         meta = rec.get("meta_acc")
+        steps = self.spe[rec["stage"]]
+        left = self.eta(steps - 1, steps) if rec["epoch"] + 1 < self.cfg.schedule.epochs else 0.0
         self.rd.log(f"epoch {rec['epoch'] + 1}/{self.cfg.schedule.epochs} [{rec['stage']}] loss {rec.get('loss', 0):.4f} "
-                    f"meta acc {meta:.3f}" + (f" test acc {rec['test_acc']:.3f}" if rec.get("test_acc") is not None else ""))
+                    f"meta acc {meta:.3f}" + (f" test acc {rec['test_acc']:.3f}" if rec.get("test_acc") is not None else "")
+                    + f" ({fmt_seconds(rec['seconds'])}; about {fmt_seconds(left)} left)")
         for note in rec.get("notes", []):
             self.rd.log(f"note: {note}")
 
@@ -286,7 +310,7 @@ def run(cfg: RunConfig) -> Path:
     """Execute a run into `cfg.runtime.out`; returns the run folder. Raises InputError before training on bad input."""
     validate_config(cfg)
     out = Path(cfg.runtime.out)
-    rd = R.RunDir(out)
+    rd = R.RunDir(out, echo=console)
     ckpt_path = rd.path(R.CHECKPOINT)
     if cfg.runtime.resume:
         if not ckpt_path.is_file():
@@ -338,7 +362,7 @@ def run(cfg: RunConfig) -> Path:
         raise
     rd.write_status("done", stage="done", epoch=cfg.schedule.epochs, of=cfg.schedule.epochs, pid=_pid(),
                     elapsed_s=time.time() - t0)
-    rd.log(f"done in {time.time() - t0:.1f}s")
+    rd.log(f"done in {time.time() - t0:.1f}s ({fmt_seconds(time.time() - t0)})")
     return out
 
 
