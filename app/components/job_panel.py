@@ -88,11 +88,18 @@ def _metrics_row(run_dir: Path) -> None:
     m = jobs.read_metrics(run_dir)
     if not m:
         return
-    cols = st.columns(4)
+    from app.components.run_warnings import expected_wrong, warnings_box
+
+    cols = st.columns(5)
     cols[0].metric("Meta accuracy", _pct(m.get("meta_acc")), help="of the selected model (best epoch on the meta set)")
     cols[1].metric("Test accuracy", _pct(m.get("test_acc")), help="reported only; never used to choose the model")
     cols[2].metric("Flagged for review", m.get("n_flagged", "—"))
-    cols[3].metric("Best epoch", m.get("best_epoch", "—"))
+    wrong = expected_wrong(run_dir)
+    cols[3].metric("Expected wrong majorities", "—" if wrong is None else f"{wrong:.0f}",
+                   help="how many majority labels the model expects to be wrong; far more flagged images than "
+                        "this means a long review for few errors")
+    cols[4].metric("Best epoch", m.get("best_epoch", "—"), help=f"stage: {m.get('selected_stage') or '—'}")
+    warnings_box(key="train_warn", run_dir=run_dir)
 
 
 def _pct(x) -> str:

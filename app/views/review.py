@@ -45,6 +45,9 @@ with guard("load the run's labels"):
         if st.button("Not you?", key="rv_change_name", type="tertiary"):
             st.session_state.pop(state.REVIEWER, None)
             st.rerun()
+    from app.components.run_warnings import warnings_box
+
+    warnings_box(key=f"{K}_warn", run_dir=run)
     msg = st.session_state.pop(f"{K}_msg", None)
     if msg:
         (st.toast if msg[0] == "ok" else st.error)(msg[1], icon=":material/check_circle:" if msg[0] == "ok" else ":material/error:")

@@ -235,3 +235,45 @@ def test_a_cancelled_run_with_a_checkpoint_resumes_with_its_own_settings(at, dem
     at.run()
     assert at.get("progress")  # watched live again
     jobs.cancel(jobs.view(again))
+
+
+WARNINGS = [
+    {"code": "warmup_model_selected", "message": "the selected model is the warm-up's last epoch (4): no epoch of "
+     "mslg's main phase reached its meta accuracy"},
+    {"code": "alpha_lowered", "message": "the look-ahead step broke the model, so α was lowered to 0.05"},
+    {"code": "queue_exceeds_expected", "message": "326 images are flagged but only about 80 majority labels are "
+     "expected to be wrong"},
+]
+
+
+def _with_warnings(run_dir: Path) -> None:
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    (run_dir / "metrics.json").write_text(json.dumps({**metrics, "warnings": WARNINGS,
+                                                      "expected_wrong_majority": 80.4}))
+
+
+def test_the_runs_warnings_show_on_the_train_and_review_pages(at, fake_run):
+    """metrics.json's warnings (engine codes + messages) are shown as plain text where the run is judged."""
+    _with_warnings(fake_run)
+    at.run()
+    at.switch_page("views/train.py").run()
+    assert not at.exception, at.exception
+    texts = [t.value for t in at.text]
+    for w in WARNINGS:
+        assert f"• {w['message']}" in texts
+    assert {m.label: m.value for m in at.metric}["Expected wrong majorities"] == "80"
+    assert any("3 warnings from this run" in m.value for m in at.markdown)
+
+    at.switch_page("views/review.py").run()
+    at.text_input(key="rv_name_input").set_value("Dr T")
+    next(b for b in at.form_submit_button if b.label == "Start reviewing").click().run()
+    assert not at.exception, at.exception
+    texts = [t.value for t in at.text]
+    assert all(f"• {w['message']}" in texts for w in WARNINGS)
+
+
+def test_a_run_without_warnings_shows_none(at, fake_run):
+    at.run()
+    at.switch_page("views/train.py").run()
+    assert not any("from this run" in m.value for m in at.markdown)
+    assert {m.label: m.value for m in at.metric}["Expected wrong majorities"] == "—"
