@@ -95,7 +95,7 @@ def _metrics_row(run_dir: Path) -> None:
     cols[1].metric("Test accuracy", _pct(m.get("test_acc")), help="reported only; never used to choose the model")
     cols[2].metric("Flagged for review", m.get("n_flagged", "—"))
     wrong = expected_wrong(run_dir)
-    cols[3].metric("Expected wrong majorities", "—" if wrong is None else f"{wrong:.0f}",
+    cols[3].metric("Expected label errors", "—" if wrong is None else f"{wrong:.0f}",
                    help="how many majority labels the model expects to be wrong; far more flagged images than "
                         "this means a long review for few errors")
     cols[4].metric("Best epoch", m.get("best_epoch", "—"), help=f"stage: {m.get('selected_stage') or '—'}")

@@ -261,7 +261,7 @@ def test_the_runs_warnings_show_on_the_train_and_review_pages(at, fake_run):
     texts = [t.value for t in at.text]
     for w in WARNINGS:
         assert f"• {w['message']}" in texts
-    assert {m.label: m.value for m in at.metric}["Expected wrong majorities"] == "80"
+    assert {m.label: m.value for m in at.metric}["Expected label errors"] == "80"
     assert any("3 warnings from this run" in m.value for m in at.markdown)
 
     at.switch_page("views/review.py").run()
@@ -276,4 +276,4 @@ def test_a_run_without_warnings_shows_none(at, fake_run):
     at.run()
     at.switch_page("views/train.py").run()
     assert not any("from this run" in m.value for m in at.markdown)
-    assert {m.label: m.value for m in at.metric}["Expected wrong majorities"] == "—"
+    assert {m.label: m.value for m in at.metric}["Expected label errors"] == "—"
