@@ -8,6 +8,7 @@ import pandas as pd
 import streamlit as st
 
 from app import jobs, state
+from app.plain import md
 
 POLL_S = 2
 
@@ -107,7 +108,7 @@ def _pct(x) -> str:
 
 
 def _failure(key: str, job: jobs.JobView) -> None:
-    st.error(f"**The run {job.state}.** {job.message}", icon=":material/error:" if job.state == "failed" else ":material/cancel:")
+    st.error(f"**The run {job.state}.** {md(job.message)}", icon=":material/error:" if job.state == "failed" else ":material/cancel:")
     if jobs.can_resume(job):
         st.button("Resume", key=f"{key}_resume", type="primary", icon=":material/play_arrow:",
                   on_click=_resume, args=(job,),
@@ -128,7 +129,7 @@ def _resume(job: jobs.JobView) -> None:
         jobs.resume(job)
     except Exception as exc:  # shown by the page's next run; the traceback goes to app.log
         state.log.exception("could not resume %s", job.run_dir)
-        st.session_state["job_panel_error"] = f"Could not resume {job.name}: {type(exc).__name__}: {exc}"
+        st.session_state["job_panel_error"] = f"Could not resume {md(job.name)}: {type(exc).__name__}: {md(exc)}"
 
 
 def _body(key: str, job: jobs.JobView) -> None:
@@ -137,7 +138,7 @@ def _body(key: str, job: jobs.JobView) -> None:
         st.error(error, icon=":material/error:")
     badge = {"running": ":blue-badge[running]", "queued": ":gray-badge[queued]", "done": ":green-badge[done]",
              "failed": ":red-badge[failed]", "cancelled": ":orange-badge[cancelled]"}.get(job.state, job.state)
-    st.markdown(f"**{job.name}** · {job.method} · {badge}")
+    st.markdown(f"**{md(job.name)}** · {md(job.method)} · {badge}")
     if job.active:
         cancelling = bool((job.record.get("config") or {}).get("cancel_requested"))
         if not job.status:

@@ -17,23 +17,23 @@ import pandas as pd
 import streamlit as st
 
 from app import state
-from app.components import dataset as ds
 from app.components import thumbs
-
-# flag_reason is free text from engine/flags.py (parts joined with "; "); these phrases group it for filtering
-REASON_GROUPS = (
-    ("model suggests", "model disagrees with the votes"),
-    ("experts split", "split vote, uncertain soft label"),
-    ("experts tied", "tied vote"),
-)
+from app.plain import code, md
+from engine.data.aggregate import parse_votes
+from engine.data.schema import parse_bool
 
 
-def reason_groups(text: str) -> list[str]:
-    parts = [p.strip() for p in str(text or "").split(";") if p.strip()]
-    out = []
-    for p in parts:
-        out.append(next((label for phrase, label in REASON_GROUPS if p.startswith(phrase)), "other"))
-    return out
+def reason_codes(cell: str) -> list[str]:
+    """The machine-readable reasons of a row: labels.csv `flag_code`, ';'-joined, the first the primary one. The
+    words in `flag_reason` are for people and never parsed (runs older than the codes have none: [])."""
+    return [c.strip() for c in str(cell or "").split(";") if c.strip()]
+
+
+def reason_label(code_: str) -> str:
+    """A reason code's short label for people (engine.flags.FLAG_CODES; an unknown code shows as itself)."""
+    from engine.flags import FLAG_CODES
+
+    return FLAG_CODES.get(code_, code_)
 
 
 @st.cache_data(max_entries=8, show_spinner=False)
@@ -50,24 +50,24 @@ def load_labels(run_dir: Path) -> tuple[pd.DataFrame, list[str]]:
 
 
 def queue(labels: pd.DataFrame) -> pd.DataFrame:
-    """Flagged rows (flag == 1), highest flag_score first (ties keep file order)."""
-    flagged = labels[labels["flag"].str.strip().str.lower().isin(["1", "true", "1.0", "yes"])].copy()
+    """Flagged rows (flag == 1) in the engine's review order: highest `priority` first (ties keep file order).
+    Adds `_score` (flag_score as a number) and `_reasons` (the row's reason codes)."""
+    flagged = labels[labels["flag"].map(parse_bool).eq(True)].copy()
     flagged["_score"] = pd.to_numeric(flagged["flag_score"], errors="coerce").fillna(0.0)
+    flagged["_priority"] = pd.to_numeric(flagged["priority"], errors="coerce").fillna(flagged["_score"])
     flagged["_order"] = range(len(flagged))
-    flagged = flagged.sort_values(["_score", "_order"], ascending=[False, True], kind="stable")
-    flagged["_reasons"] = flagged["flag_reason"].map(reason_groups)
-    return flagged.drop(columns=["_order"]).reset_index(drop=True)
+    flagged = flagged.sort_values(["_priority", "_order"], ascending=[False, True], kind="stable")
+    flagged["_reasons"] = flagged["flag_code"].map(reason_codes)
+    return flagged.drop(columns=["_order", "_priority"]).reset_index(drop=True)
 
 
 def dataset_root(run_dir: Path) -> Path | None:
     """The dataset folder a run was trained on (config.json data.dataset), to find the images."""
-    import json
+    from engine.rundir import RunDir
 
-    try:
-        config = json.loads((Path(run_dir) / "config.json").read_text(encoding="utf-8"))
-        root = (config.get("data") or {}).get("dataset")
-    except (OSError, ValueError, AttributeError):
-        root = None
+    config = RunDir(run_dir).read_config() or {}
+    data = config.get("data")
+    root = data.get("dataset") if isinstance(data, dict) else None
     if root:
         return Path(root)
     record = state.store().get_run(run_dir)
@@ -80,11 +80,11 @@ ACTION_TEXT = {"accept_suggestion": "accepted the suggestion", "keep_majority": 
 
 
 def saved_text(action: str, new_label: str | None, image: str) -> str:
-    """The toast after an action, e.g. "Saved: you chose plus for P001_L.png"."""
-    name = Path(image).name
+    """The toast after an action, e.g. "Saved: you chose plus for P001_L.png" (names escaped for Markdown)."""
+    name = md(Path(image).name)
     if action == "skip":
         return f"Saved: you skipped {name}; it stays in the queue."
-    what = f"chose {new_label}" if action == "choose_class" else f"{ACTION_TEXT[action]} ({new_label})"
+    what = f"chose {md(new_label)}" if action == "choose_class" else f"{ACTION_TEXT[action]} ({md(new_label)})"
     return f"Saved: you {what} for {name}."
 
 
@@ -98,7 +98,7 @@ def decide(key: str, run_dir: str, image: str, action: str, new_label: str | Non
                                    action=action, note=note.strip())
     except Exception as exc:  # shown on the page after the rerun; the traceback goes to app.log
         state.log.exception("could not record decision on %s", image)
-        st.session_state[f"{key}_msg"] = ("error", f"The decision was NOT recorded: {exc}")
+        st.session_state[f"{key}_msg"] = ("error", f"The decision was NOT recorded: {md(exc)}")
         return
     state.log.info("decision %s on %s by %s: %s -> %s", action, image, reviewer, old_label, new_label)
     st.session_state[f"{key}_msg"] = ("ok", saved_text(action, new_label, image))
@@ -180,7 +180,7 @@ def zoomed(png: bytes, zoom: float, fx: float, fy: float) -> bytes:
 def image_view(key: str, path: Path) -> None:
     png = thumbs.full_image(path)
     if png is None:
-        st.error(f"Cannot display `{path.name}`: the file is missing or unreadable.")
+        st.error(f"Cannot display {code(path.name)}: the file is missing or unreadable.")
         return
     zoom = st.select_slider("Zoom", options=[1.0, 1.5, 2.0, 3.0, 4.0], key=f"{key}_zoom",
                             format_func=lambda z: f"{z:g}×")
@@ -193,7 +193,7 @@ def image_view(key: str, path: Path) -> None:
 
 
 def votes_frame(row: dict, majority: str) -> pd.DataFrame:
-    votes = ds.parse_votes(row.get("votes", ""))
+    votes = parse_votes(row.get("votes", ""))
     return pd.DataFrame({"expert": list(votes), "vote": list(votes.values()),
                          "agrees with majority": [v == majority for v in votes.values()]})
 

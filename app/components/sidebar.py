@@ -5,6 +5,7 @@ from __future__ import annotations
 import streamlit as st
 
 from app import state
+from app.plain import code, md
 
 
 def context(*, key: str) -> None:
@@ -16,7 +17,7 @@ def context(*, key: str) -> None:
         if dataset is None:
             st.caption("No dataset open yet.")
         else:
-            st.markdown(f"**Dataset** · {dataset.name}")
+            st.markdown(f"**Dataset** · {md(dataset.name)}")
             if ds.is_demo(dataset):
                 st.caption(":orange-badge[SYNTHETIC demo data]")
             if ds.roles_file(dataset).exists():
@@ -37,4 +38,4 @@ def context(*, key: str) -> None:
             for v in training[:3]:
                 st.caption(":blue-badge[training]")
                 st.text(v.name)
-        st.caption(f"Workspace: `{state.workspace()}`")
+        st.caption(f"Workspace: {code(state.workspace())}")

@@ -20,16 +20,12 @@ from engine.data import images
 
 # Bump when decoding or resizing changes, so old entries are not reused.
 FORMAT_VERSION = 1
-_CHUNK = 1 << 20
 
 
 def file_sha256(path: os.PathLike | str) -> str:
-    """Hex sha256 of a file's bytes (read in 1 MiB chunks)."""
-    digest = hashlib.sha256()
+    """Hex sha256 of a file's bytes (the one file hash of the engine: cache keys, export provenance)."""
     with open(path, "rb") as fh:
-        while chunk := fh.read(_CHUNK):
-            digest.update(chunk)
-    return digest.hexdigest()
+        return hashlib.file_digest(fh, "sha256").hexdigest()
 
 
 class ImageCache:

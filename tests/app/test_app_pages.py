@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import pytest
 
+from tests.app.texts import unescape
+
 PAGES = ["views/overview.py", "views/data.py", "views/meta.py", "views/train.py", "views/review.py",
          "views/export.py", "views/predict.py"]
 
@@ -11,7 +13,7 @@ PAGES = ["views/overview.py", "views/data.py", "views/meta.py", "views/train.py"
 def _texts(at) -> str:
     parts = [e.value for kind in ("markdown", "caption", "info", "warning", "success", "error", "title", "subheader")
              for e in getattr(at, kind)]
-    return "\n".join(str(p) for p in parts)
+    return "\n".join(unescape(str(p)) for p in parts)
 
 
 @pytest.mark.parametrize("page", PAGES)
@@ -115,19 +117,19 @@ def test_overview_ticks_the_meta_set_of_a_run_that_used_a_proposed_split(at, fak
 def test_overview_ticks_review_only_when_every_flagged_image_is_reviewed(at, fake_run, workspace):
     import pandas as pd
 
-    from engine.review import ReviewStore
+    from engine.store import WorkspaceStore
 
     labels = pd.read_csv(fake_run / "labels.csv", keep_default_na=False)
     flagged = list(labels.loc[labels["flag"] == 1, "image"])
     assert len(flagged) >= 2
-    with ReviewStore(workspace / "review.db") as store:
+    with WorkspaceStore(workspace / "review.db") as store:
         store.add_decision(fake_run, flagged[0], reviewer="Dr T", new_label="plus", old_label=None,
                            action="choose_class")
     at.run()
     ticked, texts = _card(at, "Review")
     assert not ticked
     assert any(f"1 of {len(flagged)} flagged images reviewed" in t for t in texts)
-    with ReviewStore(workspace / "review.db") as store:
+    with WorkspaceStore(workspace / "review.db") as store:
         for image in flagged[1:]:
             store.add_decision(fake_run, image, reviewer="Dr T", new_label="plus", old_label=None,
                                action="choose_class")
@@ -138,11 +140,11 @@ def test_overview_ticks_review_only_when_every_flagged_image_is_reviewed(at, fak
 def test_the_sidebar_shows_the_run_the_review_page_works_on(at, fake_run, demo, workspace, monkeypatch):
     """The session's run is one without labels.csv (e.g. just launched): the Review page falls back to the finished
     run, and the sidebar says so in the same run of the script."""
-    from engine.review import ReviewStore
+    from engine.store import WorkspaceStore
 
     unfinished = workspace / "runs" / "20250103-000000-ce"
     unfinished.mkdir(parents=True)
-    with ReviewStore(workspace / "review.db") as store:
+    with WorkspaceStore(workspace / "review.db") as store:
         store.register_run(unfinished, dataset=demo, method="ce", state="failed", pid=None)
     monkeypatch.setenv("ROP_RUN", str(unfinished))
     at.run()

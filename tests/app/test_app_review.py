@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pandas as pd
 
-from engine.review import ReviewStore
+from engine.store import WorkspaceStore
+from tests.app.texts import unescape
 
 
 def _start(at, name: str = "Dr Test"):
@@ -22,7 +23,7 @@ def _progress(at) -> str:
 
 
 def _rows(workspace, run) -> pd.DataFrame:
-    with ReviewStore(workspace / "review.db") as store:
+    with WorkspaceStore(workspace / "review.db") as store:
         return store.history(run)
 
 
@@ -46,7 +47,7 @@ def test_queue_starts_with_the_highest_flag_score(at, fake_run):
     _start(at)
     top = _flagged(fake_run).iloc[0]["image"]
     assert at.session_state.get("rv_current") in (None, top)
-    assert any(top.split("/")[-1] in m.value for m in at.markdown)
+    assert any(top.split("/")[-1] in unescape(m.value) for m in at.markdown)
     assert _progress(at) == f"**0 of {len(_flagged(fake_run))} reviewed**"
 
 
@@ -89,7 +90,7 @@ def test_going_back_and_changing_a_decision_keeps_the_history(at, fake_run, work
     mine = rows[rows["image"] == first["image"]]
     assert list(mine["action"]) == ["keep_majority", "accept_suggestion"]  # append-only: both kept
     assert mine.iloc[1]["old_label"] == first["majority"]
-    with ReviewStore(workspace / "review.db") as store:
+    with WorkspaceStore(workspace / "review.db") as store:
         current = store.current_decisions(fake_run)
     assert current.set_index("image").loc[first["image"], "new_label"] == first["suggested"]
 
@@ -100,12 +101,32 @@ def test_filters_by_reason_and_class(at, fake_run):
     assert not at.exception, at.exception
     labels = _flagged(fake_run)
     labels["name"] = labels["image"].str.split("/").str[-1]
-    shown = next(m.value.strip("# ") for m in at.markdown if m.value.startswith("####"))
+    shown = next(unescape(m.value).strip("# ") for m in at.markdown if m.value.startswith("####"))
     row = labels.set_index("name").loc[shown]
     assert "plus" in (row["majority"], row["suggested"])
-    reasons = at.multiselect(key="rv_f_reason").options
-    assert reasons and all(r in {"model disagrees with the votes", "split vote, uncertain soft label", "tied vote",
-                                 "other"} for r in reasons)
+    from engine.flags import FLAG_CODES
+
+    codes = {c for cell in _flagged(fake_run)["flag_code"] for c in cell.split(";") if c}
+    assert sorted(at.multiselect(key="rv_f_reason").options) == sorted(FLAG_CODES[c] for c in codes)
+
+
+def test_a_tied_image_shows_its_coded_reasons_and_the_tie_filter_lands_on_it(at, fake_run):
+    """Reasons come from flag_code (one box per code, labelled by engine.flags.FLAG_CODES); the English flag_reason
+    is shown whole, never split at ';' (which made a tie two boxes and an 'other' reason)."""
+    from engine.flags import FLAG_CODES
+
+    _start(at)
+    flagged = _flagged(fake_run)
+    tied = flagged[flagged["flag_code"].str.split(";").map(lambda cs: "tie" in cs)]
+    assert len(tied) >= 2, "the tiny demo's fake run should flag tied images"
+    at.multiselect(key="rv_f_reason").set_value(["tie"]).run()
+    assert not at.exception, at.exception
+    first = tied.sort_values("priority", ascending=False, kind="stable").iloc[0]
+    assert _heading(at) == first["image"].split("/")[-1]  # the filter moved to the first tied image
+    boxes = [unescape(w.value) for w in at.warning]
+    assert boxes == [FLAG_CODES[c] for c in first["flag_code"].split(";")]
+    assert first["flag_reason"] in [unescape(c.value) for c in at.caption]  # the words, whole
+    assert not any(b == "other" or b.startswith("experts tied;") for b in boxes)
 
 
 def _table(at, name: str):
@@ -113,7 +134,7 @@ def _table(at, name: str):
 
 
 def _heading(at) -> str:
-    return next(m.value.strip("# ") for m in at.markdown if m.value.startswith("####"))
+    return next(unescape(m.value).strip("# ") for m in at.markdown if m.value.startswith("####"))
 
 
 def test_picking_an_earlier_decision_in_the_history_shows_that_image(at, fake_run):
@@ -162,7 +183,8 @@ def test_a_skip_keeps_its_note_for_the_decision_and_says_so(at, fake_run, worksp
     first = _flagged(fake_run).iloc[0]
     at.text_input(key="rv_note").set_value("image blurred, ask Dr B")
     at.button(key="rv_skip").click().run()
-    assert [t.value for t in at.toast] == [f"Saved: you skipped {first['image'].split('/')[-1]}; it stays in the queue."]
+    assert [unescape(t.value) for t in at.toast] == [
+        f"Saved: you skipped {first['image'].split('/')[-1]}; it stays in the queue."]
     assert at.text_input(key="rv_note").value == ""  # the next image starts with an empty note
     at.button(key="rv_prev").click().run()
     assert at.session_state["rv_current"] == first["image"]

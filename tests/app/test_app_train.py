@@ -14,7 +14,8 @@ from pathlib import Path
 import pytest
 
 from app import jobs
-from engine.review import ReviewStore
+from engine.store import WorkspaceStore
+from tests.app.texts import unescape
 
 FAKE_ENGINE = str(Path(__file__).with_name("fake_engine.py"))
 
@@ -60,7 +61,7 @@ def test_launch_passes_the_form_to_the_engine_and_cancel_stops_it(at, demo, work
                         ("--batch-size", "16"), ("--classes", "normal,pre-plus,plus")]:
         assert argv[argv.index(flag) + 1] == value, (flag, argv)
 
-    with ReviewStore(workspace / "review.db") as store:
+    with WorkspaceStore(workspace / "review.db") as store:
         (record,) = store.list_runs()
     run_dir = Path(record["run_dir"])
     assert record["state"] == "running" and record["method"] == "mslg" and record["pid"]
@@ -75,7 +76,7 @@ def test_launch_passes_the_form_to_the_engine_and_cancel_stops_it(at, demo, work
     assert _wait(lambda: json.loads((run_dir / "status.json").read_text())["state"] == "cancelled")
     assert _wait(lambda: not jobs.pid_alive(record["pid"], run_dir))
     at.run()
-    with ReviewStore(workspace / "review.db") as store:
+    with WorkspaceStore(workspace / "review.db") as store:
         assert store.get_run(run_dir)["state"] == "cancelled"
 
 
@@ -87,15 +88,17 @@ def test_a_job_whose_process_is_gone_is_shown_failed_with_its_log(at, demo, work
     (run_dir / "status.json").write_text(json.dumps({"state": "running", "stage": "main", "epoch": 3, "of": 5,
                                                      "pid": dead.pid}))
     (run_dir / "log.txt").write_text("epoch 3/5 [main] loss 0.4\nKilled by the OOM killer\n")
-    with ReviewStore(workspace / "review.db") as store:
+    with WorkspaceStore(workspace / "review.db") as store:
         store.register_run(run_dir, dataset=demo, method="ce", state="running", pid=dead.pid)
     at.run()
     at.switch_page("views/train.py").run()
     assert not at.exception, at.exception
     assert any("failed" in e.value for e in at.error)
     assert any("OOM killer" in c.value for c in at.code)
-    with ReviewStore(workspace / "review.db") as store:
+    with WorkspaceStore(workspace / "review.db") as store:
         assert store.get_run(run_dir)["state"] == "failed"
+    status = json.loads((run_dir / "status.json").read_text())  # the run folder says so too
+    assert status["state"] == "failed" and status["epoch"] == 3 and "stopped without finishing" in status["message"]
 
 
 def test_form_options_are_accepted_by_the_engine_cli(at, demo, workspace, fake_engine):
@@ -109,7 +112,7 @@ def test_form_options_are_accepted_by_the_engine_cli(at, demo, workspace, fake_e
     assert (cfg.data.image_size, cfg.schedule.epochs, cfg.schedule.warmup_epochs, cfg.schedule.batch_size) == (
         32, 2, 1, 32)
     assert cfg.runtime.method == "mslg" and cfg.method_params["k"] == 10
-    for r in ReviewStore(workspace / "review.db").list_runs():
+    for r in WorkspaceStore(workspace / "review.db").list_runs():
         jobs.cancel(jobs.view(r))
 
 
@@ -119,7 +122,7 @@ def _start_fake_job(workspace, dataset, name="20250102-000000-ce"):
     proc = subprocess.Popen([sys.executable, FAKE_ENGINE, str(dataset), "--out", str(run_dir)],
                             start_new_session=True)
     assert _wait(lambda: (run_dir / "status.json").exists())
-    with ReviewStore(workspace / "review.db") as store:
+    with WorkspaceStore(workspace / "review.db") as store:
         store.register_run(run_dir, dataset=dataset, method="ce", state="running", pid=proc.pid)
     return run_dir, proc
 
@@ -137,7 +140,7 @@ def test_a_reload_during_a_run_shows_that_run_first_with_blank_cells(at, fake_ru
         at.switch_page("views/train.py").run()
         assert not at.exception, at.exception
         assert at.session_state["run"] == str(fake_run)
-        assert any(run_dir.name in m.value and "running" in m.value for m in at.markdown)
+        assert any(run_dir.name in unescape(m.value) and "running" in m.value for m in at.markdown)
         bars = at.get("progress")
         assert bars and "Warm-up" in bars[0].proto.text
         rows = _table_rows(at)
@@ -191,7 +194,7 @@ def test_parameters_with_fixed_values_are_select_boxes_and_reach_the_engine(at, 
     argv = fake_engine[0]
     assert argv[argv.index("--mslg-meta-jvp") + 1] == "finite-difference"
     assert argv[argv.index("--mslg-real-update") + 1] == "same-pass"
-    for r in ReviewStore(workspace / "review.db").list_runs():
+    for r in WorkspaceStore(workspace / "review.db").list_runs():
         jobs.cancel(jobs.view(r))
 
 
@@ -201,7 +204,7 @@ def test_a_cancelled_run_with_a_checkpoint_resumes_with_its_own_settings(at, dem
     from engine.config import DataConfig, RunConfig, RuntimeConfig, ScheduleConfig
 
     _launch(at, data_image_size=32, schedule_epochs=2, schedule_warmup_epochs=1, schedule_batch_size=16)
-    with ReviewStore(workspace / "review.db") as store:
+    with WorkspaceStore(workspace / "review.db") as store:
         (record,) = store.list_runs()
     run_dir = Path(record["run_dir"])
     assert _wait(lambda: (run_dir / "status.json").exists())
@@ -228,7 +231,7 @@ def test_a_cancelled_run_with_a_checkpoint_resumes_with_its_own_settings(at, dem
     resumed = config_from_args(build_parser().parse_args(["run", *argv]))
     assert resumed.runtime.resume and resumed.to_dict()["schedule"] == cfg.to_dict()["schedule"]
     assert resumed.data.image_size == 32 and resumed.runtime.method == "ce"
-    with ReviewStore(workspace / "review.db") as store:
+    with WorkspaceStore(workspace / "review.db") as store:
         again = store.get_run(run_dir)
     assert again["state"] == "running" and again["pid"] != record["pid"]
     assert _wait(lambda: json.loads((run_dir / "status.json").read_text())["state"] == "running")
