@@ -1,5 +1,5 @@
-"""Predict new images with a finished run's model: uploaded files or a folder on this computer, through
-`python -m engine predict` in a subprocess (the app never imports torch).
+"""Predict new images with a finished run's model: uploaded files, a zip of images or a folder on this computer,
+through `python -m engine predict` in a subprocess (the app never imports torch).
 
 Each request gets its own folder WORKSPACE/predictions/<time>-<run>/ holding the uploaded images (input/) and the
 engine's `predictions.csv` (image, p:<class>..., predicted, confidence). Owns st.session_state[f"{key}_*"]; the
@@ -9,6 +9,7 @@ last result is st.session_state[f"{key}_result"] = {"folder", "csv", "run", "roo
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -60,13 +61,23 @@ def engine_predict(run: Path, inputs: list[str], out_csv: Path, *, cwd: Path) ->
                           stdin=subprocess.DEVNULL)
 
 
-def predict(key: str, run: Path, *, uploads: list | None = None, folder: str = "") -> None:
-    """Run one request and keep its result in the session (shown by `results`); failures become an error slot."""
+def predict(key: str, run: Path, *, uploads: list | None = None, archive=None, folder: str = "") -> None:
+    """Run one request (uploaded files, an uploaded zip of images, or a folder on this computer) and keep its result
+    in the session (shown by `results`); failures become an error slot. A refused zip raises InputError."""
     st.session_state.pop(f"{key}_result", None)
     st.session_state.pop(f"{key}_failed", None)
     request = request_folder(run)
-    if uploads:
-        save_uploads(uploads, request / "input")
+    if uploads or archive is not None:
+        if archive is not None:
+            from app.components.upload import extract_images_zip
+
+            try:
+                extract_images_zip(archive.getvalue(), archive.name, request / "input")
+            except BaseException:
+                shutil.rmtree(request, ignore_errors=True)
+                raise
+        else:
+            save_uploads(uploads, request / "input")
         inputs, cwd, root = ["input"], request, request
     else:
         source = Path(folder).expanduser()

@@ -19,7 +19,7 @@ if not (run / "model.pt").is_file():
     st.warning("This run has no model.pt (it did not finish): choose another run.", icon=":material/warning:")
     st.stop()
 
-tab_files, tab_folder = st.tabs(["Upload images", "Folder on this computer"])
+tab_files, tab_zip, tab_folder = st.tabs(["Upload images", "Upload a zip", "Folder on this computer"])
 with tab_files:
     st.caption("PNG, JPEG, TIFF, BMP or DICOM files (several at once; DICOMs without an extension too).")
     uploads = st.file_uploader("Images", accept_multiple_files=True, key=f"{K}_files")
@@ -27,6 +27,14 @@ with tab_files:
                  icon=":material/online_prediction:"):
         with guard("predict the uploaded images"):
             pr.predict(K, run, uploads=list(uploads))
+with tab_zip:
+    st.caption("A zip of images (any folders inside, DICOM included). Paths leaving the folder, links and other "
+               "files are refused, as for a dataset zip.")
+    archive = st.file_uploader("Zip of images", type=["zip"], key=f"{K}_zip")
+    if st.button("Predict the images in the zip", key=f"{K}_go_zip", type="primary", disabled=archive is None,
+                 icon=":material/unarchive:"):
+        with guard("predict the images in the zip"):
+            pr.predict(K, run, archive=archive)
 with tab_folder:
     with st.form(f"{K}_folder_form", border=False):
         folder = st.text_input("Image folder (on the machine running this app)", key=f"{K}_folder",

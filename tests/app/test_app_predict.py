@@ -65,3 +65,37 @@ def test_a_run_without_a_model_cannot_predict(at, fake_run):
     _open(at)
     assert any("no model.pt" in w.value for w in at.warning)
     assert not [b for b in at.button if b.key == "pr_go_files"]
+
+
+def _zip(members: dict[str, bytes]) -> bytes:
+    import io
+    import zipfile
+
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as zf:
+        for name, data in members.items():
+            zf.writestr(name, data)
+    return buf.getvalue()
+
+
+def test_predict_a_zip_of_images_and_refuse_an_unsafe_one(at, fake_run, demo, workspace):
+    write_model(fake_run)
+    _open(at)
+    images = sorted((demo / "images").iterdir())[:3]
+    data = _zip({f"new/{p.name}": p.read_bytes() for p in images})
+    at.file_uploader(key="pr_zip").set_value(("screening.zip", data, "application/zip"))
+    at.run()
+    at.button(key="pr_go_zip").click().run(timeout=TIMEOUT)
+    assert not at.exception, at.exception
+    assert not at.error, [e.value for e in at.error] + [c.value for c in at.code]
+    assert sorted(_results(at)["image"]) == sorted(f"new/{p.name}" for p in images)
+
+    bad = _zip({"../escape.png": images[0].read_bytes(), "notes.exe": b"MZ"})
+    at.file_uploader(key="pr_zip").set_value(("bad.zip", bad, "application/zip"))
+    at.run()
+    at.button(key="pr_go_zip").click().run(timeout=TIMEOUT)
+    assert at.error and "2 problems" in at.error[0].value
+    problems = next(df.value for df in at.dataframe if "problem" in df.value.columns)
+    assert any("'..'" in p for p in problems["problem"]) and any("notes.exe" in p for p in problems["problem"])
+    assert len(list((workspace / "predictions").iterdir())) == 1  # the refused request left nothing behind
+    assert not (workspace / "escape.png").exists()
