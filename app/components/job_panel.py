@@ -25,7 +25,7 @@ def _fmt_duration(seconds: float | None) -> str:
 
 
 STAGES = {"setup": "Setting up (loading images)", "pretrain": "DR pretraining", "warmup": "Warm-up (cross-entropy)",
-          "main": "Main phase", "done": "Done"}
+          "main": "Main phase", "crossfit": "Label estimation (cross-fitting)", "done": "Done"}
 
 
 def progress_fraction(status: dict) -> float:
@@ -41,12 +41,20 @@ def progress_fraction(status: dict) -> float:
         return 1.0
     if status.get("stage") in ("pretrain", "setup"):
         return 0.0
+    if status.get("stage") == "crossfit":  # folds one after the other, each with its own epochs
+        try:
+            folds, fold = max(int(status.get("folds") or 1), 1), int(status.get("fold") or 1)
+        except (TypeError, ValueError):
+            return 0.0
+        return float(min(1.0, max(0.0, (fold - 1 + epoch / of) / folds)))
     return float(min(1.0, max(0.0, (max(epoch - 1, 0) + step / steps) / of)))
 
 
 def status_line(status: dict) -> str:
     stage = status.get("stage") or ""
     parts = [STAGES.get(stage, stage.capitalize() or "Starting")]
+    if status.get("fold") and status.get("folds"):
+        parts.append(f"fold {status['fold']}/{status['folds']}")
     if status.get("epoch") and status.get("of") and stage not in ("setup", "done"):
         parts.append(f"epoch {status['epoch']}/{status['of']}")
     if status.get("step") and status.get("steps"):

@@ -280,3 +280,11 @@ def test_a_run_without_warnings_shows_none(at, fake_run):
     at.switch_page("views/train.py").run()
     assert not any("from this run" in m.value for m in at.markdown)
     assert {m.label: m.value for m in at.metric}["Expected label errors"] == "—"
+
+
+def test_the_cross_fitting_stage_reads_as_label_estimation_with_its_folds():
+    from app.components.job_panel import progress_fraction, status_line
+
+    status = {"state": "running", "stage": "crossfit", "fold": 2, "folds": 2, "epoch": 1, "of": 4}
+    assert status_line(status) == "Label estimation (cross-fitting) · fold 2/2 · epoch 1/4"
+    assert progress_fraction(status) == (1 + 1 / 4) / 2  # the second fold's first epoch, not back to 0 %
