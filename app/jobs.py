@@ -164,6 +164,8 @@ def view(record: dict) -> JobView:
     run_dir = Path(record["run_dir"])
     status = read_status(run_dir) or {}
     alive = pid_alive(record.get("pid"), run_dir)
+    if alive and not (record.get("config") or {}).get("external") and _older_than_launch(status, record):
+        status = {}  # a resumed run's process has not written its first status yet: the old one is stale
     file_state = status.get("state")
     job_state = file_state or record.get("state") or "queued"
     message = str(status.get("message") or "")
@@ -185,6 +187,16 @@ def view(record: dict) -> JobView:
             state.log.exception("could not update run %s", run_dir)
     return JobView(run_dir=run_dir, method=record.get("method") or "", state=job_state, status=status,
                    alive=alive, record=record, message=message)
+
+
+def _older_than_launch(status: dict, record: dict) -> bool:
+    """status.json was written before the job was (re)registered: it belongs to the run's previous process."""
+    updated = status.get("updated")
+    try:
+        launched = datetime.fromisoformat(record["started_at"]).timestamp() if record.get("started_at") else None
+    except ValueError:
+        return False
+    return isinstance(updated, (int, float)) and launched is not None and updated < launched
 
 
 def cancel(job: JobView) -> None:

@@ -8,20 +8,19 @@ import pandas as pd
 import streamlit as st
 
 from app import jobs, state
+from app.components.run_warnings import expected_wrong, warnings_box
 from app.plain import md
 
 POLL_S = 2
 
 
 def _fmt_duration(seconds: float | None) -> str:
+    """engine.progress.fmt_seconds ("12 min 34 s"), with "—" for an unknown duration."""
+    from engine.progress import fmt_seconds
+
     if seconds is None or seconds != seconds or seconds < 0:
         return "—"
-    seconds = int(round(seconds))
-    if seconds < 60:
-        return f"{seconds} s"
-    if seconds < 3600:
-        return f"{seconds // 60} min {seconds % 60:02d} s"
-    return f"{seconds // 3600} h {seconds % 3600 // 60:02d} min"
+    return fmt_seconds(seconds)
 
 
 STAGES = {"setup": "Setting up (loading images)", "pretrain": "DR pretraining", "warmup": "Warm-up (cross-entropy)",
@@ -97,8 +96,6 @@ def _metrics_row(run_dir: Path) -> None:
     m = jobs.read_metrics(run_dir)
     if not m:
         return
-    from app.components.run_warnings import expected_wrong, warnings_box
-
     cols = st.columns(5)
     cols[0].metric("Meta accuracy", _pct(m.get("meta_acc")), help="of the selected model (best epoch on the meta set)")
     cols[1].metric("Test accuracy", _pct(m.get("test_acc")), help="reported only; never used to choose the model")

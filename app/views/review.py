@@ -9,6 +9,7 @@ from app import state
 from app.components import review as rv
 from app.components.errors import guard
 from app.components.run_picker import run_picker
+from app.components.run_warnings import warnings_box
 from app.plain import md
 from engine.data.aggregate import parse_votes
 from engine.data.schema import parse_bool
@@ -49,8 +50,6 @@ with guard("load the run's labels"):
         if st.button("Not you?", key="rv_change_name", type="tertiary"):
             st.session_state.pop(state.REVIEWER, None)
             st.rerun()
-    from app.components.run_warnings import warnings_box
-
     warnings_box(key=f"{K}_warn", run_dir=run)
     msg = st.session_state.pop(f"{K}_msg", None)
     if msg:

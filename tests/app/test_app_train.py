@@ -288,3 +288,24 @@ def test_the_cross_fitting_stage_reads_as_label_estimation_with_its_folds():
     status = {"state": "running", "stage": "crossfit", "fold": 2, "folds": 2, "epoch": 1, "of": 4}
     assert status_line(status) == "Label estimation (cross-fitting) · fold 2/2 · epoch 1/4"
     assert progress_fraction(status) == (1 + 1 / 4) / 2  # the second fold's first epoch, not back to 0 %
+
+
+def test_a_resumed_job_is_running_before_its_process_writes_a_status(at, demo, workspace):
+    """Between Resume and the engine's first status.json, the folder still holds the stopped run's 'cancelled':
+    the job is running (its new process lives), and the store is not set back to cancelled."""
+    run_dir = workspace / "runs" / "20250104-000000-ce"
+    run_dir.mkdir(parents=True)
+    (run_dir / "status.json").write_text(json.dumps({"state": "cancelled", "updated": time.time() - 5}))
+    elsewhere = workspace / "other-out"  # the live process writes its own status somewhere else
+    proc = subprocess.Popen([sys.executable, FAKE_ENGINE, str(demo), "--out", str(elsewhere)], start_new_session=True)
+    try:
+        with WorkspaceStore(workspace / "review.db") as store:
+            store.register_run(run_dir, dataset=demo, method="ce", state="running", pid=proc.pid)
+            record = store.get_run(run_dir)
+        assert _wait(lambda: jobs.pid_alive(proc.pid, run_dir))
+        assert jobs.view(record).state == "running"
+        with WorkspaceStore(workspace / "review.db") as store:
+            assert store.get_run(run_dir)["state"] == "running"
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        proc.wait(timeout=20)
