@@ -553,9 +553,10 @@ DICOM files (`DEMO^PATIENTnn`) are fake and only there to exercise de-identifica
   (how plus disease is defined). True class: severity < {TRUE_THRESHOLDS[0]} normal, < {TRUE_THRESHOLDS[1]} pre-plus,
   else plus. Balance here: {balance}.
 - Two images (eyes) per patient (`patient_id`); the eyes of one patient have similar severity. Patients are
-  {share} normal / pre-plus / plus (an eye near a border may fall in the neighbouring class). A quarter of each class's patients are clear-cut (both eyes well inside
-  every expert's thresholds, seen sharply, so usually unanimous: the meta and test sets can hold every class);
-  the others are borderline (near a class border, graded with more noise).
+  {share} normal / pre-plus / plus (an eye near a border may fall in the neighbouring class). A quarter of
+  each class's patients are clear-cut (both eyes well inside every expert's thresholds, seen sharply, so usually
+  unanimous: the meta and test sets can hold every class); the others are borderline (near a class border,
+  graded with more noise).
 - Three simulated experts grade every image: each sees severity + their own Gaussian noise and applies their own
   thresholds, so borderline images split:
 

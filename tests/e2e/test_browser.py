@@ -273,11 +273,11 @@ def _flow(pg, url: str, workspace: Path, tmp_path: Path) -> None:
     assert heading(pg) == first
     assert pg.get_by_text("Current decision").count() == 1
     # (b) a new filter lands on the first image of its list: the two reviewed ones, in queue order
-    pg.get_by_role("button", name="reviewed", exact=True).click()
+    pg.get_by_role("radio", name="reviewed", exact=True).click()
     idle(pg)
     assert heading(pg) == first
     assert pg.get_by_text(re.compile(r"^1 of 2 in this list")).count() == 1
-    pg.get_by_role("button", name="to review", exact=True).click()
+    pg.get_by_role("radio", name="to review", exact=True).click()
     idle(pg)
     assert heading(pg) == third
 
