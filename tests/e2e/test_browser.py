@@ -297,7 +297,7 @@ def _flow(pg, url: str, workspace: Path, tmp_path: Path) -> None:
     nav(pg, "Predict")
     images = sorted((workspace / "datasets" / "demo" / "images").iterdir())
     two = [next(p for p in images if p.suffix == ".png"), next(p for p in images if p.suffix == ".dcm")]
-    pg.locator('[data-testid="stFileUploaderDropzoneInput"]').set_input_files([str(p) for p in two])
+    pg.locator('[data-testid="stFileUploaderDropzoneInput"]').first.set_input_files([str(p) for p in two])
     idle(pg)
     pg.get_by_role("button", name="Predict the uploaded images").click()
     pg.get_by_text("Predicted 2 images.").wait_for(timeout=180_000)
