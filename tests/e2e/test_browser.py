@@ -324,9 +324,9 @@ def _flow(pg, url: str, workspace: Path, tmp_path: Path) -> None:
     pg.reload()
     pg.get_by_text(second_run.name).first.wait_for(timeout=60_000)
     idle(pg)
-    panel = pg.locator('[data-testid="stVerticalBlockBorderWrapper"]', has_text="Cancel run").first
-    assert second_run.name in panel.inner_text() and "running" in panel.inner_text()
-    assert run_dir.name not in panel.inner_text()
+    title = pg.locator('[data-testid="stMarkdownContainer"]', has_text=f"{second_run.name} · mslg").first
+    assert "running" in title.inner_text()  # the panel's title: the running run, not the finished one
+    assert pg.locator('[data-testid="stMarkdownContainer"]', has_text=f"{run_dir.name} · mslg").count() == 0
     pg.get_by_role("button", name="Cancel run").click()
     assert wait_state(second_run, ("cancelled", "done", "failed"), 120).get("state") in ("cancelled", "done")
     idle(pg)
