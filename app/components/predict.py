@@ -110,13 +110,15 @@ def results(key: str) -> None:
         return
     csv_path = Path(result["csv"])
     frame = pd.read_csv(csv_path, dtype=str, keep_default_na=False)
-    frame["confidence"] = pd.to_numeric(frame["confidence"], errors="coerce")
+    numbers = [c for c in frame.columns if c.startswith("p:")] + ["confidence"]
+    frame[numbers] = frame[numbers].apply(pd.to_numeric, errors="coerce")
     shown = frame.assign(image=[_display_name(result, i) for i in frame["image"]])
     counts = frame["predicted"].value_counts()
     st.success(f"Predicted {len(frame)} image{'s' if len(frame) != 1 else ''}.", icon=":material/task_alt:")
-    st.dataframe(pd.DataFrame({"predicted": counts.index, "images": counts.to_numpy()}), hide_index=True)
+    st.dataframe(pd.DataFrame({"predicted": counts.index, "images": counts.to_numpy()}), hide_index=True,
+                 width="content")
     st.dataframe(shown, hide_index=True, width="stretch", height=min(420, 38 + 35 * len(shown)),
-                 column_config={"confidence": st.column_config.NumberColumn(format="%.2f")})
+                 column_config={c: st.column_config.NumberColumn(format="%.2f") for c in numbers})
     st.download_button("Download predictions (CSV)", data=csv_path.read_bytes(),
                        file_name=f"predictions-{Path(result['run']).name}.csv", mime="text/csv",
                        key=f"{key}_download", icon=":material/file_download:")

@@ -54,7 +54,7 @@ def steps(*, key: str, dataset: Path | None, run: Path | None) -> None:
         if progress is None:
             text = "Check the flagged images one by one."
         else:
-            text = f"{progress[0]} of {progress[1]} flagged images reviewed on the selected run."
+            text = f"{progress[0]} of {progress[1]} flagged images reviewed."
         done = progress is not None and progress[0] >= progress[1]
         _card(4, "Review", "views/review.py", done, text, enabled=bool(done_runs) or run is not None)
     from app.components.export_view import EXPORT_NAME
