@@ -137,23 +137,13 @@ def extract_dataset_zip(data: bytes, name: str, datasets_dir: Path) -> Path:
 
     Raises engine.errors.InputError listing every refused member. Re-uploading the same bytes reuses the folder.
     """
-    from engine.errors import InputError, Problem
-
     label = name or "upload.zip"
     digest = hashlib.sha256(data).hexdigest()[:10]
     stem = "".join(c if c.isalnum() or c in "-_" else "_" for c in Path(label).stem)[:40] or "dataset"
     target = Path(datasets_dir) / f"{stem}-{digest}"
     if (target / ".complete").exists():
         return dataset_root(target)
-    try:
-        zf = zipfile.ZipFile(io.BytesIO(data))
-    except zipfile.BadZipFile:
-        raise InputError(Problem(label, "is not a zip archive (or it is damaged)", "upload a .zip file")) from None
-    with zf:
-        datasets_dir.mkdir(parents=True, exist_ok=True)
-        problems = check_zip(zf, label=label, free_bytes=shutil.disk_usage(datasets_dir).free)
-        if problems:
-            raise InputError(problems)
+    with _open_checked(data, label, Path(datasets_dir), need_votes=True) as zf:
         tmp = target.with_name(target.name + ".partial")
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir(parents=True)
@@ -168,21 +158,28 @@ def extract_dataset_zip(data: bytes, name: str, datasets_dir: Path) -> Path:
     return dataset_root(target)
 
 
-def extract_images_zip(data: bytes, name: str, target: Path) -> Path:
-    """Check (as a dataset zip, but without votes.csv), then extract a zip of images into the new folder `target`.
-    Raises engine.errors.InputError listing every refused member; nothing is left in `target` then."""
+def _open_checked(data: bytes, label: str, folder: Path, *, need_votes: bool) -> zipfile.ZipFile:
+    """The uploaded bytes as an open archive that `check_zip` found nothing to refuse in (else one InputError
+    listing every problem). `folder` (created) is where it will be unpacked: its disk's free space is checked."""
     from engine.errors import InputError, Problem
 
-    label = name or "upload.zip"
     try:
         zf = zipfile.ZipFile(io.BytesIO(data))
     except zipfile.BadZipFile:
         raise InputError(Problem(label, "is not a zip archive (or it is damaged)", "upload a .zip file")) from None
-    with zf:
-        target.mkdir(parents=True, exist_ok=True)
-        problems = check_zip(zf, label=label, free_bytes=shutil.disk_usage(target).free, need_votes=False)
-        if problems:
-            raise InputError(problems)
+    folder.mkdir(parents=True, exist_ok=True)
+    problems = check_zip(zf, label=label, free_bytes=shutil.disk_usage(folder).free, need_votes=need_votes)
+    if problems:
+        zf.close()
+        raise InputError(problems)
+    return zf
+
+
+def extract_images_zip(data: bytes, name: str, target: Path) -> Path:
+    """Check (as a dataset zip, but without votes.csv), then extract a zip of images into the new folder `target`.
+    Raises engine.errors.InputError listing every refused member; nothing is left in `target` then."""
+    label = name or "upload.zip"
+    with _open_checked(data, label, Path(target), need_votes=False) as zf:
         try:
             _extract(zf, target.resolve(), label)
         except BaseException:
