@@ -164,8 +164,9 @@ def view(record: dict) -> JobView:
     run_dir = Path(record["run_dir"])
     status = read_status(run_dir) or {}
     alive = pid_alive(record.get("pid"), run_dir)
-    if alive and not (record.get("config") or {}).get("external") and _older_than_launch(status, record):
-        status = {}  # a resumed run's process has not written its first status yet: the old one is stale
+    if (alive and status.get("state") not in ACTIVE and not (record.get("config") or {}).get("external")
+            and _older_than_launch(status, record)):
+        status = {}  # a resumed run's process has not written its first status yet: the stopped one's is stale
     file_state = status.get("state")
     job_state = file_state or record.get("state") or "queued"
     message = str(status.get("message") or "")
@@ -190,7 +191,8 @@ def view(record: dict) -> JobView:
 
 
 def _older_than_launch(status: dict, record: dict) -> bool:
-    """status.json was written before the job was (re)registered: it belongs to the run's previous process."""
+    """status.json was written before the job was (re)registered: it belongs to the run's previous process (its
+    last word, e.g. 'cancelled', while the new process is still starting)."""
     updated = status.get("updated")
     try:
         launched = datetime.fromisoformat(record["started_at"]).timestamp() if record.get("started_at") else None
