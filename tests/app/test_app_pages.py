@@ -95,8 +95,8 @@ def test_a_new_session_comes_back_to_the_last_dataset_and_run(at, fake_run, monk
     assert fresh.session_state["run"] == str(fake_run.resolve())
 
 
-def _card(at, title: str) -> tuple[bool, str]:
-    """(ticked, caption) of an Overview step card."""
+def _card(at, title: str) -> tuple[bool, list[str]]:
+    """(ticked, the page's captions) for an Overview step card."""
     marks = [m.value for m in at.markdown if f"· {title}**" in m.value]
     assert len(marks) == 1, [m.value for m in at.markdown]
     return "check_circle" in marks[0], [c.value for c in at.caption]
