@@ -154,12 +154,9 @@ def prepare_data(cfg: RunConfig) -> PreparedData:
 
 def is_ordinal(classes: list[str], setting: str) -> bool:
     """`auto`: the classes are a known severity scale (normal, pre-plus, plus; DR grades); else yes/no."""
-    from engine.data.votes import KNOWN_SCALES
+    from engine.data.votes import is_severity_scale
 
-    if setting != "auto":
-        return setting == "yes"
-    return any(list(classes) == [c for c in scale if c in classes] and set(classes) <= set(scale)
-               for scale in KNOWN_SCALES) and len(classes) >= 3
+    return is_severity_scale(classes) if setting == "auto" else setting == "yes"
 
 
 def _check_roles(data: PreparedData, cfg: RunConfig) -> None:
