@@ -4,6 +4,7 @@ import streamlit as st
 
 from app.components import predict as pr
 from app.components.errors import guard
+from app.components.picker import folder_form
 from app.components.run_picker import run_picker
 
 K = "pr"  # this page's session-state prefix
@@ -36,12 +37,11 @@ with tab_zip:
         with guard("predict the images in the zip"):
             pr.predict(K, run, archive=archive)
 with tab_folder:
-    with st.form(f"{K}_folder_form", border=False):
-        folder = st.text_input("Image folder (on the machine running this app)", key=f"{K}_folder",
-                               placeholder="/data/rop/new-screening", help="every image below it, sub-folders too")
-        submitted = st.form_submit_button("Predict the folder", icon=":material/folder_open:")
-    if submitted and folder.strip():
+    folder = folder_form(key=f"{K}_folder", label="Image folder (on the machine running this app)",
+                         placeholder="/data/rop/new-screening", help="every image below it, sub-folders too",
+                         button="Predict the folder")
+    if folder:
         with guard("predict the folder"):
-            pr.predict(K, run, folder=folder.strip())
+            pr.predict(K, run, folder=folder)
 
 pr.results(K)
