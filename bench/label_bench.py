@@ -56,6 +56,7 @@ class Setup:
     epochs: int = 0  # 0 = the recipe's
     folds: int = 2  # cross-fitting folds (engine default)
     fold_budget: float = 1.0
+    targets: str = "votes"  # what cross-entropy trains on: the experts' vote shares, or the majority (engine option)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -146,7 +147,13 @@ class Trainer:
         self.mean = tuple(float(v) for v in f.mean((0, 1, 2)))
         self.std = tuple(float(v) for v in f.std((0, 1, 2)))
         maj = data.majority
-        self.train = TensorData(imgs[data.train], maj[data.train])
+        shares = None
+        if setup.targets == "votes":
+            from engine.data.aggregate import vote_counts
+
+            counts = vote_counts(data.votes[data.train], data.k).astype(np.float32)
+            shares = counts / counts.sum(1, keepdims=True)
+        self.train = TensorData(imgs[data.train], maj[data.train], shares)
         self.meta = TensorData(imgs[data.meta], data.truth[data.meta])
         self.test = TensorData(imgs[data.test], data.truth[data.test])
 
@@ -212,6 +219,18 @@ class Trainer:
         cf = crossfit(make_ctx, cls, cfg, self.train, self.meta, k=s.folds, seed=self.seed)
         return {"train": cf.train_probs, "meta": cf.meta_probs, "seconds": time.time() - t0}
 
+    def refit(self, cls, cfg, soft: np.ndarray) -> dict:
+        """The method from scratch (warm-up included) with cross-entropy on `soft` (N_train, K) labels."""
+        from engine.train.context import TensorData
+        from engine.train.loop import fit, restore_best
+
+        t0 = time.time()
+        train = TensorData(self.train.images, self.train.targets, soft)
+        ctx = self.ctx(self.model(0), train, self.meta, epochs=self.r["epochs"], warmup=self.r["warmup_epochs"])
+        method = cls(cfg, ctx)
+        state = fit(ctx, method)
+        return {"ctx": ctx, "model": restore_best(ctx, method, state), "seconds": time.time() - t0}
+
     def meta_only(self) -> dict:
         """A fresh network trained on the meta set alone, as many SGD steps as the full run (last epoch kept)."""
         from engine.train.steps import ce_epoch
@@ -247,7 +266,7 @@ def model_row(probs: np.ndarray, maj: np.ndarray, truth: np.ndarray) -> dict:
     return score(sug, sug != maj, maj, truth)
 
 
-def pipeline_row(tr: Trainer, prior_train: np.ndarray, prior_meta: np.ndarray) -> dict:
+def pipeline_row(tr: Trainer, prior_train: np.ndarray, prior_meta: np.ndarray) -> tuple[dict, np.ndarray]:
     """The product's label estimate (engine.estimate + engine.flags, as `engine run` calls them) on training rows."""
     from engine.estimate import estimate_labels, review_priority
     from engine.flags import flag_images
@@ -269,7 +288,7 @@ def pipeline_row(tr: Trainer, prior_train: np.ndarray, prior_meta: np.ndarray) -
                 d.truth[d.train])
     out["expected_wrong"] = float(fl["flag_score"].to_numpy()[:n_train].sum())
     out["temperature"] = est.temperature
-    return out
+    return out, est.posterior[:n_train]
 
 
 def run_cell(dataset_scenario: str, seed: int, setup: Setup, rows: tuple[str, ...] | None = None) -> list[dict]:
@@ -321,15 +340,19 @@ def run_cell(dataset_scenario: str, seed: int, setup: Setup, rows: tuple[str, ..
             folds[name] = tr.crossfit(runs[name]["cls"], runs[name]["cfg"])
         if want(f"pipeline:{name}"):
             f, r = folds[name], runs[name]
-            add(f"pipeline:{name}", pipeline_row(tr, f["train"], f["meta"]), r["ctx"].accuracy(r["ctx"].test, r["model"]),
-                r["seconds"] + f["seconds"])
+            metrics, posterior = pipeline_row(tr, f["train"], f["meta"])
+            add(f"pipeline:{name}", metrics, r["ctx"].accuracy(r["ctx"].test, r["model"]), r["seconds"] + f["seconds"])
+            if want(f"refit:{name}"):  # the method trained again, on the estimated labels instead of the votes
+                rf = tr.refit(r["cls"], r["cfg"], posterior)
+                add(f"refit:{name}", metrics, rf["ctx"].accuracy(rf["ctx"].test, rf["model"]),
+                    r["seconds"] + f["seconds"] + rf["seconds"])
     if "ce" in folds:
         oos, secs = folds["ce"]["train"], runs["ce"]["seconds"] + folds["ce"]["seconds"]
         acc = runs["ce"]["ctx"].accuracy(runs["ce"]["ctx"].test, runs["ce"]["model"])
         if want("cleanlab"):
             from cleanlab.filter import find_label_issues
 
-            issues = find_label_issues(maj, oos)
+            issues = find_label_issues(maj, oos, n_jobs=1)  # the bench's own workers are processes already
             add("cleanlab", score(np.where(issues, oos.argmax(1), maj), issues, maj, truth), acc, secs)
         if data.votes.shape[1] > 1 and want("crowdlab"):
             import pandas as pd
@@ -361,6 +384,14 @@ def _job(args):
     res = run_cell(cell, seed, setup, rows)
     print(f"  {cell} seed {seed}: {time.time() - t0:.0f}s", flush=True)
     return res
+
+
+def _saved(cells, path: Path):
+    """Pass each finished cell through, appending it to `path` first (a crash keeps what was done)."""
+    for res in cells:
+        with open(path, "a", encoding="utf-8") as fh:
+            fh.write(json.dumps(res, default=float) + "\n")
+        yield res
 
 
 def summarise(results: list[dict]) -> dict:
@@ -418,6 +449,8 @@ def main(argv=None) -> int:
     p.add_argument("--arch", default=Setup.arch)
     p.add_argument("--epochs", type=int, default=0, help="0 = the recipe's")
     p.add_argument("--folds", type=int, default=Setup.folds)
+    p.add_argument("--targets", default=Setup.targets, choices=("votes", "majority"))
+    p.add_argument("--recipe", default=Setup.recipe, choices=("scratch", "finetune"))
     p.add_argument("--workers", type=int, default=min(2, os.cpu_count() or 1))
     p.add_argument("--quick", action="store_true", help="one small panel cell, 3 epochs: a smoke test of every row")
     p.add_argument("--json", default=None, help="write raw results here (default bench/out/label_bench_<date>.json)")
@@ -425,23 +458,24 @@ def main(argv=None) -> int:
     a = p.parse_args(argv)
     if a.quick:
         a.scenarios, a.seeds, a.n, a.epochs = ["panel-30"], [0], 600, 3
-    setup = Setup(n=a.n, size=a.size, arch=a.arch, epochs=a.epochs, folds=a.folds)
+    setup = Setup(n=a.n, size=a.size, arch=a.arch, epochs=a.epochs, folds=a.folds, targets=a.targets, recipe=a.recipe)
     rows = tuple(a.rows) if a.rows else None
     jobs = [(c, s, setup, rows) for s in a.seeds for c in a.scenarios]
     t0 = time.time()
+    OUT.mkdir(parents=True, exist_ok=True)
+    partial = OUT / f"label_bench_{dt.datetime.now():%Y%m%d_%H%M}.partial.jsonl"  # cells as they finish
     if a.workers > 1 and len(jobs) > 1:
         import multiprocessing as mp
 
         with mp.get_context("spawn").Pool(a.workers, maxtasksperchild=1) as pool:
-            results = [r for res in pool.imap_unordered(_job, jobs) for r in res]
+            results = [r for res in _saved(pool.imap_unordered(_job, jobs), partial) for r in res]
     else:
-        results = [r for j in jobs for r in _job(j)]
+        results = [r for res in _saved(map(_job, jobs), partial) for r in res]
     meta = {"date": dt.datetime.now().strftime("%Y-%m-%d %H:%M"), "env": environment(), "setup": str(setup),
             "seeds": a.seeds, "wall_s": time.time() - t0, "quick": a.quick}
     summary = summarise(results)
     text = markdown(summary, meta)
     print(text)
-    OUT.mkdir(parents=True, exist_ok=True)
     path = Path(a.json) if a.json else OUT / f"label_bench_{dt.datetime.now():%Y%m%d_%H%M}.json"
     path.write_text(json.dumps({"meta": meta, "results": results}, indent=1, default=float))
     if a.results:

@@ -366,9 +366,21 @@ def _pretrain(cfg: RunConfig, rd: R.RunDir, device: torch.device, num_classes: i
     return model
 
 
-def _tensors(data: PreparedData, pixels: np.ndarray, roles: tuple[str, ...]) -> tuple[TensorData, np.ndarray]:
+def _tensors(data: PreparedData, pixels: np.ndarray, roles: tuple[str, ...], *, soft: bool = False
+             ) -> tuple[TensorData, np.ndarray]:
+    """The rows of `roles` as TensorData (majority targets, -1 for role=unlabeled; with `soft`, the vote shares
+    too)."""
     rows = np.flatnonzero(data.frame[S.ROLE].isin(roles).to_numpy())
-    return TensorData(pixels[rows], data.frame["_target_idx"].to_numpy()[rows]), rows
+    targets = data.frame["_target_idx"].to_numpy()[rows]
+    shares = None
+    if soft:
+        from engine.data.aggregate import vote_counts
+
+        counts = vote_counts(data.votes[rows], len(data.classes)).astype(np.float32)
+        graded = counts.sum(1, keepdims=True)
+        shares = np.where(graded > 0, counts / np.maximum(graded, 1), 1.0 / len(data.classes))
+        shares[targets < 0] = 1.0 / len(data.classes)  # role=unlabeled: its votes stay out of training
+    return TensorData(pixels[rows], targets, shares), rows
 
 
 def _make_ctx(cfg: RunConfig, model, num_classes: int, train: TensorData, meta: TensorData, device, *, epochs: int,
@@ -387,7 +399,7 @@ def _make_ctx(cfg: RunConfig, model, num_classes: int, train: TensorData, meta: 
 
 def _train(cfg: RunConfig, rd: R.RunDir, data: PreparedData, pixels: np.ndarray, model, device):
     method_cls = get_method(cfg.runtime.method)
-    train, train_rows = _tensors(data, pixels, (S.TRAIN, S.UNLABELED))
+    train, train_rows = _tensors(data, pixels, (S.TRAIN, S.UNLABELED), soft=cfg.data.targets == "votes")
     meta, meta_rows = _tensors(data, pixels, (S.META,))
     test, test_rows = _tensors(data, pixels, (S.TEST,))
     sch = cfg.schedule

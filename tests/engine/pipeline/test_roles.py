@@ -36,3 +36,8 @@ def test_unlabeled_role_keeps_the_majority_but_trains_without_it(tmp_path):
     assert all(targets[i] == -1 for i in mine)
     others = [i for i in graded_train if i not in set(mine)]
     assert all(targets[i] == data.frame["_major_idx"].iat[i] for i in others)
+    # training on the vote shares (data.targets=votes): an unlabeled row's votes stay out as well
+    soft, soft_rows = _tensors(data, pixels, ("train", "unlabeled"), soft=True)
+    shares = dict(zip(soft_rows.tolist(), soft.soft.tolist(), strict=True))
+    assert all(np.allclose(shares[i], 1 / len(CLASSES)) for i in mine)
+    assert any(max(shares[i]) > 0.5 for i in others)  # graded train rows carry their votes
