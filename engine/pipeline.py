@@ -20,6 +20,7 @@ import torch
 
 import engine
 from engine import atomic
+from engine import distributed as D
 from engine import rundir as R
 from engine.config import RunConfig
 from engine.data import schema as S
@@ -62,6 +63,10 @@ def validate_config(cfg: RunConfig) -> None:
         p.append(Problem("--lr-milestones", f"not a comma-separated list of epochs: {sch.lr_milestones!r}"))
     if rt.device not in ("auto", "cpu", "cuda", "mps") and not rt.device.startswith("cuda:"):
         p.append(Problem("--device", f"unknown device '{rt.device}'", "use auto, cpu, cuda or mps"))
+    if rt.nproc < 1:
+        p.append(Problem("--nproc", f"must be >= 1, got {rt.nproc}"))
+    if not rt.dist_timeout > 0:
+        p.append(Problem("--dist-timeout", f"must be positive, got {rt.dist_timeout}"))
     est = cfg.estimate
     if est.folds == 1 or est.folds < 0:
         p.append(Problem("--folds", f"must be 0 (off) or >= 2, got {est.folds}"))
@@ -230,11 +235,46 @@ def _pid() -> int:
 
 
 def run(cfg: RunConfig) -> Path:
-    """Execute a run into `cfg.runtime.out`; returns the run folder. Raises InputError before training on bad input."""
+    """Execute a run into `cfg.runtime.out`; returns the run folder. Raises InputError before training on bad input.
+
+    Started by torchrun, this process joins the others (`engine.distributed`) and trains its share; process 0
+    checks the inputs and writes the run folder."""
     cfg = cfg.resolved()  # unset schedule options from the recipe (recorded in config.json)
     validate_config(cfg)
-    out = Path(cfg.runtime.out)
-    rd = R.RunDir(out, echo=console)
+    device = _join_processes(cfg)
+    try:
+        return _run(cfg, device)
+    finally:
+        D.stop()
+
+
+def _join_processes(cfg: RunConfig) -> torch.device:
+    """This process's device; under torchrun, after joining the process group (GPU `local_rank` on CUDA)."""
+    device = resolve_device(cfg.runtime.device)
+    try:
+        return D.start(device, timeout_s=cfg.runtime.dist_timeout)
+    except ValueError as err:
+        raise InputError(Problem("--device", str(err))) from None
+
+
+def preflight(cfg: RunConfig) -> tuple[R.RunDir, PreparedData, torch.nn.Module]:
+    """Every check that needs no training, before anything is written: the run folder (resume or empty), the
+    dataset (every problem at once), the backbone and its weights, and the batch sizes for several processes.
+    `engine run --nproc N` calls it once before starting the processes; in a run it is done by process 0."""
+    cfg = cfg.resolved()
+    validate_config(cfg)
+    w = D.world()
+    rd = R.RunDir(Path(cfg.runtime.out), echo=console if w.main else None, rank=w.rank)
+    D.on_main(lambda: _check_run_folder(cfg, rd))
+    data = D.on_main(lambda: prepare_data(cfg))
+    model = _create_model(cfg, len(data.classes))  # checks backbone and weights before anything is written
+    _check_image_size(model, cfg)
+    _check_processes(cfg, data, cfg.runtime.nproc if not w.active else w.size)
+    return rd, data, model
+
+
+def _check_run_folder(cfg: RunConfig, rd: R.RunDir) -> None:
+    out = rd.root
     ckpt_path = rd.path(R.CHECKPOINT)
     if out.is_dir():
         rd.mark_if_dead()  # a run killed before it could say so (kill -9) is failed, not "running" forever
@@ -250,38 +290,68 @@ def run(cfg: RunConfig) -> Path:
         else:
             fix = f"choose another --out, or start over: {start_over}"
         raise InputError(Problem(str(out), "run folder exists and is not empty", fix))
-    data = prepare_data(cfg)
-    device = resolve_device(cfg.runtime.device)
-    model = _create_model(cfg, len(data.classes))  # checks backbone and weights before anything is written
-    _check_image_size(model, cfg)
 
+
+def _check_processes(cfg: RunConfig, data: PreparedData, processes: int) -> None:
+    """Several processes: the batch sizes must split into shards of at least 2 images (`engine.distributed`)."""
+    if processes <= 1:
+        return
+    method_cls = get_method(cfg.runtime.method)
+    roles = data.frame[S.ROLE]
+    labeled = int(((roles == S.TRAIN) & (data.frame["_target_idx"] >= 0)).sum())
+    n_train = int(roles.isin([S.TRAIN, S.UNLABELED]).sum()) if method_cls.uses_unlabeled else labeled
+    problems = D.size_problems(processes, batch_size=cfg.schedule.batch_size, n_train=n_train,
+                               n_meta=int((roles == S.META).sum()) if method_cls.needs_meta else 0,
+                               meta_rows=method_cls.meta_rows_per_process, folds=cfg.estimate.folds)
+    problems += method_cls.process_problems(cfg.method_params, processes)
+    if problems:
+        raise InputError(problems)
+
+
+def _run(cfg: RunConfig, device: torch.device) -> Path:
+    rd, data, model = preflight(cfg)
+    w = D.world()
+    out = rd.root
     out.mkdir(parents=True, exist_ok=True)
     rd.write_status("running", stage="setup", epoch=0, of=cfg.schedule.epochs, pid=_pid(), message="")
-    resolved = {**cfg.to_dict(), "versions": versions(), "git_commit": git_commit(), "classes": data.classes,
-                "device": str(device)}
-    atomic.write_json(rd.path(R.CONFIG), resolved)
-    atomic.write_csv(rd.path(R.ROLES), data.frame[[S.IMAGE, S.ROLE]])
+    if w.main:
+        resolved = {**cfg.to_dict(), "versions": versions(), "git_commit": git_commit(), "classes": data.classes,
+                    "device": str(device), "world_size": w.size, "nodes": w.nodes}
+        if w.active:  # what actually ran (with plain torchrun, --nproc is not given)
+            resolved["runtime"]["nproc"] = w.local_size
+        atomic.write_json(rd.path(R.CONFIG), resolved)
+        atomic.write_csv(rd.path(R.ROLES), data.frame[[S.IMAGE, S.ROLE]])
     rd.log(f"run {cfg.runtime.method} on {cfg.data.dataset} ({len(data.frame)} images, classes {data.classes}) "
            f"device {device}")
+    if w.active:
+        rd.log(f"process {w.rank} of {w.size} ({w.nodes} machine(s)), pid {_pid()}: global batch "
+               f"{cfg.schedule.batch_size} = {cfg.schedule.batch_size // w.size} images per process"
+               + ("; process 0 writes the run folder, the others log to log.rank<N>.txt" if w.main else ""))
     sch = cfg.schedule
     rd.log(f"recipe {sch.recipe}" + (" (auto: the network starts from weights)" if sch.recipe == "finetune" and
                                       cfg.recipe() == "finetune" else "") +
            f": {sch.epochs} epochs incl. {sch.warmup_epochs} warm-up, batch {sch.batch_size}, SGD lr {sch.lr:g} "
            f"{sch.lr_schedule}" + (f" at {sch.lr_milestones}" if sch.lr_schedule == "step" else "") +
            f", momentum {sch.momentum:g}, weight decay {sch.weight_decay:g}")
-    for w in data.warnings:
-        rd.log(f"warning: {w}")
+    for warning in data.warnings:
+        rd.log(f"warning: {warning}")
     t0 = time.time()
     try:
-        pixels = load_pixels(data, cfg, log=rd.log)
+        pixels = D.node_first(lambda: load_pixels(data, cfg, log=rd.log))  # the first fills this machine's cache
         if cfg.pretrain.pretrain and not cfg.runtime.resume:
             model = _pretrain(cfg, rd, device, len(data.classes))
         result = _train(cfg, rd, data, pixels, model, device)
         result["estimate"] = _estimate(cfg, rd, data, result, pixels, device)
-        _write_outputs(cfg, rd, data, result, device, time.time() - t0)
+        if w.main:
+            _write_outputs(cfg, rd, data, result, device, time.time() - t0)
     except KeyboardInterrupt:
-        rd.log("interrupted: the last finished epoch is in checkpoint.pt; continue with --resume")
-        rd.write_status("cancelled", message="interrupted; continue with --resume", pid=_pid())
+        with D.sigterm_deferred():
+            lost = _lost_processes(w)
+            if lost:
+                _failed(rd, lost)
+            else:
+                rd.log("interrupted: the last finished epoch is in checkpoint.pt; continue with --resume")
+                rd.write_status("cancelled", message="interrupted; continue with --resume", pid=_pid())
         raise
     except NonFiniteLoss as err:
         rd.log(f"failed: {err}")
@@ -294,13 +364,46 @@ def run(cfg: RunConfig) -> Path:
         rd.write_status("failed", message=msg, pid=_pid())
         raise InputError(Problem("training", msg)) from None
     except Exception as err:
-        rd.log("failed:\n" + traceback.format_exc())
-        rd.write_status("failed", message=f"{type(err).__name__}: {err}", pid=_pid())
+        with D.sigterm_deferred():
+            lost = _lost_processes(w)
+            if lost:
+                _failed(rd, lost, traceback.format_exc())
+            else:
+                rd.log("failed:\n" + traceback.format_exc())
+                rd.write_status("failed", message=f"{type(err).__name__}: {err}", pid=_pid())
         raise
     rd.write_status("done", stage="done", epoch=cfg.schedule.epochs, of=cfg.schedule.epochs, pid=_pid(),
                     elapsed_s=time.time() - t0)
     rd.log(f"done in {time.time() - t0:.1f}s ({fmt_seconds(time.time() - t0)})")
     return out
+
+
+def _lost_processes(w: D.World, wait_s: float = 1.0) -> list[int]:
+    """Ranks on this machine that died (a failed collective can be noticed just before the kernel marks the process
+    gone, so this looks again for up to `wait_s`)."""
+    if not w.active:
+        return []
+    deadline = time.time() + wait_s
+    while True:
+        lost = D.dead_peers()
+        if lost or time.time() >= deadline:
+            return lost
+        time.sleep(0.1)
+
+
+def _failed(rd: R.RunDir, lost: list[int], detail: str = "") -> None:
+    names = ", ".join(str(r) for r in lost)
+    logs = ", ".join(R.rank_log(r) if r else R.LOG for r in lost)
+    message = (f"training process {names} stopped unexpectedly (killed or crashed; see {logs}), so the run "
+               "stopped" + ("; the last finished epoch is in checkpoint.pt: continue with --resume"
+                            if rd.path(R.CHECKPOINT).is_file() else "; no epoch had finished: start again"))
+    rd.log("failed: " + message + (f"\n{detail}" if detail else ""))
+    rd.write_status("failed", message=message, pid=_pid())
+
+
+# --resume may change these: the number of processes (a checkpoint holds one copy of everything, see
+# engine.distributed) and how long they wait for each other
+RESUME_MAY_CHANGE = ("resume", "nproc", "dist_timeout")
 
 
 def _check_resume_config(rd: R.RunDir, cfg: RunConfig) -> None:
@@ -309,7 +412,7 @@ def _check_resume_config(rd: R.RunDir, cfg: RunConfig) -> None:
         return
     new = cfg.to_dict()
     diffs = [f"{sec}.{k}" for sec in new if isinstance(new[sec], dict) and isinstance(old.get(sec), dict)
-             for k in new[sec] if k not in ("resume",) and old[sec].get(k) != new[sec][k]]
+             for k in new[sec] if k not in RESUME_MAY_CHANGE and old[sec].get(k) != new[sec][k]]
     if diffs:
         raise InputError(Problem(str(rd.path(R.CONFIG)), f"--resume with different settings: {', '.join(diffs)}",
                                  "resume with the same options as the interrupted run"))
@@ -336,7 +439,7 @@ def _pretrain(cfg: RunConfig, rd: R.RunDir, device: torch.device, num_classes: i
     """DR pretraining: train the backbone on the auxiliary dataset, save it, then put a fresh task head on it."""
     from engine.data.aux import load_aux
     from engine.data.cache import ImageCache
-    from engine.models import load_weights, normalisation
+    from engine.models import apply_weights, normalisation
 
     paths, labels, aux_classes = load_aux(cfg.pretrain.pretrain)
     rd.log(f"DR pretraining on {cfg.pretrain.pretrain}: {len(paths)} images, classes {aux_classes}")
@@ -359,10 +462,12 @@ def _pretrain(cfg: RunConfig, rd: R.RunDir, device: torch.device, num_classes: i
                      "of": cfg.pretrain.pretrain_epochs, "event": "epoch_end"})
         rd.log(f"pretrain epoch {epoch + 1}/{cfg.pretrain.pretrain_epochs} loss {stats['loss']:.4f} "
                f"aux train acc {ctx.accuracy(data):.3f}")
-    atomic.torch_save(rd.path(R.PRETRAIN), {"backbone": cfg.model.backbone, "classes": aux_classes,
-                                            "state_dict": {k: v.cpu() for k, v in aux_model.state_dict().items()}})
+    weights = {"backbone": cfg.model.backbone, "classes": aux_classes,
+               "state_dict": {k: v.cpu() for k, v in aux_model.state_dict().items()}}
+    if rd.writer:
+        atomic.torch_save(rd.path(R.PRETRAIN), weights)
     model = _create_model(cfg, num_classes, stream=2)
-    load_weights(model, rd.path(R.PRETRAIN))  # backbone weights; the task head stays freshly initialised
+    apply_weights(model, weights, source=str(rd.path(R.PRETRAIN)))  # the backbone; the task head stays fresh
     return model
 
 
@@ -418,19 +523,24 @@ def _train(cfg: RunConfig, rd: R.RunDir, data: PreparedData, pixels: np.ndarray,
     if cfg.runtime.resume:
         from engine.safe_load import torch_load
 
-        ck = torch_load(rd.path(R.CHECKPOINT), what="checkpoint")
+        ck = D.on_main(lambda: torch_load(rd.path(R.CHECKPOINT), what="checkpoint"))  # one copy for all processes
         ctx.model.load_state_dict(ck["model"])
         ctx.optimizer.load_state_dict(ck["optimizer"])
         state = FitState.from_dict(ck["fit"])
         if state.started:
             method.load_state_dict(ck["method"])
-        rd.log(f"resumed after epoch {state.epoch + 1}")
+        before, now = int(ck.get("world_size", 1)), D.world().size
+        rd.log(f"resumed after epoch {state.epoch + 1}" + (
+            f" on {now} process(es); the checkpoint was written by {before}: the batches from here are split "
+            f"{now} ways" if before != now else ""))
 
     def save(st: FitState) -> None:
         progress.epoch_end(st)
-        atomic.torch_save(rd.path(R.CHECKPOINT), {
-            "model": ctx.model.state_dict(), "optimizer": ctx.optimizer.state_dict(),
-            "method": method.state_dict() if st.started else {}, "fit": st.to_dict(), "config": cfg.to_dict()})
+        if rd.writer:  # every process holds the same state after an epoch (engine.distributed.check_in_sync)
+            atomic.torch_save(rd.path(R.CHECKPOINT), {
+                "model": ctx.model.state_dict(), "optimizer": ctx.optimizer.state_dict(),
+                "method": method.state_dict() if st.started else {}, "fit": st.to_dict(), "config": cfg.to_dict(),
+                "world_size": D.world().size})
 
     try:
         state = fit(ctx, method, state=state, on_epoch_end=save, on_epoch_start=progress.epoch_start)
@@ -446,6 +556,7 @@ def _estimate(cfg: RunConfig, rd: R.RunDir, data: PreparedData, result: dict, pi
     the meta set, combined with every expert's votes through their confusion matrices -> posterior (N, K)."""
     from engine.crossfit import crossfit, fold_schedule
     from engine.estimate import estimate_labels, review_priority
+    from engine.models import apply_weights, read_weights
 
     ctx, state, model = result["ctx"], result["state"], result["model"]
     train_rows, meta_rows, test_rows = result["rows"]
@@ -465,22 +576,23 @@ def _estimate(cfg: RunConfig, rd: R.RunDir, data: PreparedData, result: dict, pi
         sch = cfg.schedule
         fs = fold_schedule(sch.epochs, min(sch.warmup_epochs, sch.epochs), tuple(cfg.milestones()), k=est.folds,
                            budget=est.fold_budget)
-        done = _load_folds(rd) if cfg.runtime.resume else {}
+        done = D.on_main(lambda: _load_folds(rd)) if cfg.runtime.resume else {}
+        pretrained = D.on_main(lambda: read_weights(rd.path(R.PRETRAIN))) if cfg.pretrain.pretrain else None
         rd.log(f"label estimation: {est.folds}-fold cross-fitting with {cfg.runtime.method}, {fs.epochs} epochs per "
                f"fold (incl. {fs.warmup_epochs} warm-up)" + (f"; {len(done)} fold(s) kept from before" if done else ""))
 
         def make_ctx(part_train: TensorData, part_meta: TensorData, fold: int) -> TrainContext:
             fold_model = _create_model(cfg, k, stream=100 + fold)
-            if cfg.pretrain.pretrain:
-                from engine.models import load_weights
-
-                load_weights(fold_model, rd.path(R.PRETRAIN))
+            if pretrained is not None:
+                apply_weights(fold_model, pretrained, source=str(rd.path(R.PRETRAIN)))
             fctx = _make_ctx(cfg, fold_model, k, part_train, part_meta, device, epochs=fs.epochs,
                              warmup_epochs=fs.warmup_epochs, milestones=fs.milestones, seed_offset=1000 * (fold + 1))
             fctx.on_step = lambda rec, fold=fold: _crossfit_status(rd, rec, fold, est.folds, fs.epochs)
             return fctx
 
         def save_fold(fold: int, res: dict) -> None:
+            if not rd.writer:
+                return
             saved = _load_folds(rd)
             saved[fold] = res
             atomic.torch_save(rd.path(R.CROSSFIT), {str(i): {"train": torch.as_tensor(r["train"]),

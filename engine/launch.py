@@ -1,0 +1,64 @@
+"""`engine run --nproc N`: start torchrun on this machine, so that users need not learn it.
+
+The command becomes `python -m torch.distributed.run --standalone --nproc_per_node N -m engine run <the same
+arguments>` (each process sees torchrun's RANK/WORLD_SIZE and trains its share; `engine.distributed`). torchrun runs
+in this process's group, so Ctrl-C or the app's Cancel (a signal to the group) reaches every training process.
+Each process gets OMP_NUM_THREADS = this machine's CPU budget / N unless it is set. When torchrun ends with an error
+and process 0 could not say why (it was the one killed), the run folder's status is marked failed here.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+
+def torchrun_command(argv: list[str], nproc: int) -> list[str]:
+    """argv of `engine` (e.g. ["run", DATASET, "--out", RUNDIR, ...]) -> the torchrun command that starts `nproc`
+    processes of it on this machine."""
+    return [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(nproc),
+            "-m", "engine", *argv]
+
+
+def process_environment(nproc: int, env: dict | None = None) -> dict[str, str]:
+    """The environment of the training processes: OMP_NUM_THREADS = CPU budget / nproc (at least 1) unless set."""
+    from engine.runtime import cpu_budget
+
+    env = dict(os.environ if env is None else env)
+    env.setdefault("OMP_NUM_THREADS", str(max(1, cpu_budget() // nproc)))
+    env["PYTHONUNBUFFERED"] = "1"
+    return env
+
+
+def run_local(argv: list[str], nproc: int, out: str) -> int:
+    """Run `engine argv` on `nproc` processes of this machine through torchrun; returns its exit code (130 after
+    Ctrl-C / Cancel)."""
+    from engine import rundir as R
+    from engine.progress import console
+
+    cmd = torchrun_command(argv, nproc)
+    console(f"starting {nproc} training processes: {' '.join(cmd[1:])}")
+    proc = subprocess.Popen(cmd, env=process_environment(nproc))
+    interrupted = False
+    while True:
+        try:
+            code = proc.wait()
+            break
+        except KeyboardInterrupt:  # the signal reached the whole group: wait for the processes to stop cleanly
+            interrupted = True
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+    if code != 0 and not interrupted and out:
+        rd = R.RunDir(Path(out))
+        status = rd.read_status() or {}
+        if status.get("state") in R.ACTIVE_STATES:
+            message = (f"a training process stopped without finishing (torchrun exit code {code}); see the logs "
+                       "log.txt and log.rank*.txt" + ("; the last finished epoch is in checkpoint.pt: continue "
+                                                     "with --resume" if rd.path(R.CHECKPOINT).is_file() else ""))
+            rd.log("failed: " + message)
+            rd.write_status("failed", **{k: v for k, v in status.items() if k not in ("state", "updated", "message")},
+                            message=message)
+    return 130 if interrupted else code
