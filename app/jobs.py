@@ -84,6 +84,16 @@ def launch(*, dataset: Path, run_dir: Path, method: str, options: list[str], for
     return proc.pid
 
 
+def gpu_count() -> int:
+    """GPUs visible on this machine (asked once per session: `nvidia-smi` is not free); a run on several of them
+    is launched with `--nproc N`, which starts torchrun."""
+    if "_gpu_count" not in st.session_state:
+        from engine.launch import visible_gpus
+
+        st.session_state["_gpu_count"] = visible_gpus()
+    return int(st.session_state["_gpu_count"])
+
+
 def can_resume(job: JobView) -> bool:
     """A stopped run (cancelled or failed) that left a checkpoint and its config.json can continue."""
     return job.state in ("cancelled", "failed") and (job.run_dir / "checkpoint.pt").is_file() and (

@@ -16,6 +16,20 @@ import sys
 from pathlib import Path
 
 
+def visible_gpus() -> int:
+    """CUDA GPUs a run on this machine can use, found without importing torch (the app asks): the `nvidia-smi -L`
+    list, limited by CUDA_VISIBLE_DEVICES when that is set. 0 without an NVIDIA driver."""
+    try:
+        listed = subprocess.run(["nvidia-smi", "-L"], capture_output=True, text=True, timeout=20).stdout
+    except (OSError, subprocess.SubprocessError):
+        return 0
+    n = sum(line.startswith("GPU ") for line in listed.splitlines())
+    chosen = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if chosen is not None:
+        n = min(n, len([d for d in chosen.split(",") if d.strip() and not d.strip().startswith("-")]))
+    return n
+
+
 def torchrun_command(argv: list[str], nproc: int) -> list[str]:
     """argv of `engine` (e.g. ["run", DATASET, "--out", RUNDIR, ...]) -> the torchrun command that starts `nproc`
     processes of it on this machine."""
