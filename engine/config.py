@@ -92,8 +92,10 @@ class EstimateConfig:
     fold_budget: float = _f(1.0, "training of all folds together, as a multiple of the main training's steps")
     calibration: str = _f("temperature", "calibrate the model probabilities on the meta set", choices=("temperature",
                                                                                                      "none"))
-    experts: str = _f("confusion", "weigh each expert by a confusion matrix learned from the data and the meta set "
-                      "(Dawid-Skene), or ignore the votes (model only)", choices=("confusion", "none"))
+    experts: str = _f("correlated", "how the votes enter: correlated (each image's vote pattern as one observation, "
+                      "so experts who err together on hard images are not counted twice), independent (a confusion "
+                      "matrix per expert, Dawid-Skene), none (model only)", choices=("correlated", "independent",
+                                                                                      "none"))
 
 
 @dataclass(frozen=True)

@@ -193,6 +193,29 @@ def estimate_labels(pred_probs: np.ndarray | None, votes: np.ndarray, *, known: 
     return Estimate(post, prior, conf, float(temperature), iterations)
 
 
+EXPERT_MODES = ("correlated", "independent", "none")
+PATTERN_STRENGTH = 30.0  # pseudo-images per class pulling the vote-pattern likelihood toward independent experts
+
+
+def label_estimate(prior: np.ndarray, votes: np.ndarray, *, known: np.ndarray, calibrate: bool,
+                   calibration_rows: np.ndarray, experts: str = "correlated") -> Estimate:
+    """The product's estimate (what `engine run` and the benchmark both call).
+
+    prior (N, K) out-of-sample model probabilities; votes (N, E); known (N,) meta labels (-1 = unknown);
+    calibrate: fit the temperature on `calibration_rows` (else T = 1); experts: `correlated` scores each image's
+    vote pattern as one observation (`pattern_likelihood`; with a single expert it is the confusion matrix),
+    `independent` multiplies the experts' confusion matrices (classic Dawid–Skene), `none` ignores the votes.
+    """
+    if experts not in EXPERT_MODES:
+        raise ValueError(f"experts must be one of {EXPERT_MODES}, got {experts!r}")
+    votes = np.asarray(votes, int)
+    if experts == "none" or votes.size == 0:
+        votes = np.full((len(prior), 1), -1)
+    strength = PATTERN_STRENGTH if experts == "correlated" and votes.shape[1] > 1 else None
+    return estimate_labels(prior, votes, known=known, temperature=None if calibrate else 1.0,
+                           calibration_rows=calibration_rows, pattern_strength=strength)
+
+
 # ---------------------------------------------------------------------------------------------------------------
 # scores
 

@@ -555,7 +555,7 @@ def _estimate(cfg: RunConfig, rd: R.RunDir, data: PreparedData, result: dict, pi
     """The label-estimation stage: out-of-sample probabilities (cross-fitting with the run's method), calibrated on
     the meta set, combined with every expert's votes through their confusion matrices -> posterior (N, K)."""
     from engine.crossfit import crossfit, fold_schedule
-    from engine.estimate import estimate_labels, review_priority
+    from engine.estimate import label_estimate, review_priority
     from engine.models import apply_weights, read_weights
 
     ctx, state, model = result["ctx"], result["state"], result["model"]
@@ -614,13 +614,12 @@ def _estimate(cfg: RunConfig, rd: R.RunDir, data: PreparedData, result: dict, pi
     known = np.full(n, -1)
     known[meta_rows] = major[meta_rows]
     calibrate = est.calibration == "temperature" and est.folds >= 2  # meta probabilities are out-of-sample
-    votes = data.votes if est.experts == "confusion" and data.votes.size else np.full((n, 1), -1)
-    e = estimate_labels(prior, votes, known=known, temperature=None if calibrate else 1.0,
-                        calibration_rows=np.isin(np.arange(n), meta_rows))
+    e = label_estimate(prior, data.votes, known=known, calibrate=calibrate,
+                       calibration_rows=np.isin(np.arange(n), meta_rows), experts=est.experts)
     info.update(temperature=e.temperature, calibrated=calibrate, em_iterations=e.iterations,
                 experts={"mode": est.experts, "confusions": {name: np.round(e.confusions[j], 4).tolist()
                                                              for j, name in enumerate(_expert_names(cfg, data))}
-                         if est.experts == "confusion" else {}})
+                         if est.experts != "none" else {}})
     return {"posterior": e.posterior, "method_probs": method_probs,
             "priority": review_priority(e.posterior, major, ordinal=data.ordinal), "known": known >= 0, "info": info}
 
