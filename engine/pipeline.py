@@ -393,7 +393,7 @@ def _pretrain(cfg: RunConfig, rd: R.RunDir, device: torch.device, num_classes: i
         rd.progress({"stage": "pretrain", "epoch": epoch, "step": steps - 1, "steps": steps, **stats,
                      "of": cfg.pretrain.pretrain_epochs, "event": "epoch_end"})
         rd.log(f"pretrain epoch {epoch + 1}/{cfg.pretrain.pretrain_epochs} loss {stats['loss']:.4f} "
-               f"aux train acc {ctx.accuracy(data):.3f}")
+               f"aux train acc {ctx.accuracy(ctx.train):.3f}")
     atomic.torch_save(rd.path(R.PRETRAIN), {"backbone": cfg.model.backbone, "classes": aux_classes,
                                             "state_dict": {k: v.cpu() for k, v in aux_model.state_dict().items()}})
     model = _create_model(cfg, num_classes, stream=2)
