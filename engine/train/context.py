@@ -108,9 +108,13 @@ class TrainContext:
             group["lr"] = lr
         return lr
 
+    def autocast_enabled(self) -> bool:
+        """Whether `autocast()` runs in bf16: AMP on, on a CUDA device that supports bf16."""
+        return self.amp and self.device.type == "cuda" and torch.cuda.is_bf16_supported()
+
     def autocast(self):
         """bf16 autocast on CUDA when enabled and supported; a no-op elsewhere."""
-        if self.amp and self.device.type == "cuda" and torch.cuda.is_bf16_supported():
+        if self.autocast_enabled():
             return torch.autocast("cuda", dtype=torch.bfloat16)
         return contextlib.nullcontext()
 
