@@ -100,7 +100,7 @@ class MSLG(Method):
         soft = torch.softmax(self.z.float(), 1).cpu()
         unlabeled = (self.ctx.train.targets < 0).cpu()
         if bool(unlabeled.any()):
-            soft[unlabeled] = self.ctx.predict_train()[unlabeled]
+            soft[unlabeled] = self.ctx.predict_train(rows=torch.nonzero(unlabeled).squeeze(1))
         return soft
 
     def state_dict(self) -> dict:

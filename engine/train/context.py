@@ -198,8 +198,12 @@ class TrainContext:
         model.train(was_training)
         return torch.cat(out) if out else torch.zeros(0, self.num_classes)
 
-    def predict_train(self, model: nn.Module | None = None) -> torch.Tensor:
-        return self.predict(self.train, model)
+    def predict_train(self, model: nn.Module | None = None, rows: torch.Tensor | None = None) -> torch.Tensor:
+        """Predictions for the training set (N, K), or only for the training-set indices `rows` (R, K)."""
+        if rows is None:
+            return self.predict(self.train, model)
+        rows = torch.as_tensor(rows).to(self.train.images.device)
+        return self.predict(TensorData(self.train.images[rows], self.train.targets[rows]), model)
 
     def accuracy(self, data: TensorData, model: nn.Module | None = None) -> float:
         labeled = (data.targets >= 0).cpu()
