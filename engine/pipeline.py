@@ -28,6 +28,7 @@ from engine.data import schema as S
 from engine.errors import InputError, Problem
 from engine.flags import flag_images
 from engine.methods import get_method
+from engine.runtime import resolve_device
 from engine.train.context import NonFiniteLoss, TensorData, TrainContext, seed_everything
 from engine.train.loop import FitState, fit, restore_best
 
@@ -89,18 +90,6 @@ def _method_param_problems(cfg: RunConfig) -> list[Problem]:
         elif value < 0 and key not in ("forget_rate",):
             out.append(Problem(f"--{cfg.runtime.method}-{key.replace('_', '-')}", f"must be >= 0, got {value}"))
     return out
-
-
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        if torch.cuda.is_available():
-            return torch.device("cuda")
-        if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
-            return torch.device("mps")
-        return torch.device("cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise InputError(Problem("--device", "CUDA was requested but no GPU is available", "use --device cpu or auto"))
-    return torch.device(name)
 
 
 # ---------------------------------------------------------------------------------------------------------------
