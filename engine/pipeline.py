@@ -104,15 +104,32 @@ class PreparedData:
     frame: pd.DataFrame  # image, role, votes, majority, tie, consensus, n_graders, agreement, _major_idx
     paths: list[Path]
     warnings: list
+    cache: object = None  # the ImageCache that validated the images (it keeps what it decoded for load_pixels)
+
+
+def image_cache(cfg: RunConfig, **kw):
+    from engine.data.cache import ImageCache
+
+    return ImageCache(cfg.data.cache_dir or str(Path(cfg.data.dataset) / ".cache"), **kw)
 
 
 def prepare_data(cfg: RunConfig) -> PreparedData:
-    """Read votes.csv (every problem at once), aggregate votes, and decide roles (roles file or a new split)."""
+    """Read votes.csv (every problem at once), aggregate votes, and decide roles (roles file or a new split).
+
+    Images are validated through the decoded-image cache: a file whose content is cached decoded before and is
+    trusted; the others are decoded once, in a thread pool, and kept for `load_pixels`."""
     from engine.data.aggregate import aggregate
     from engine.data.split import make_split, read_roles
     from engine.data.votes import read_votes
+    from engine.runtime import thread_count
 
-    table = read_votes(cfg.data.dataset, classes=cfg.class_list(), check_images=True)
+    cache = image_cache(cfg, workers=thread_count())
+    try:  # paths first (nothing opened), so that the decoding of uncached images can run in parallel
+        cache.prefetch(read_votes(cfg.data.dataset, classes=cfg.class_list(), check_images=False).image_paths(),
+                       cfg.data.image_size)
+    except InputError:
+        pass  # the full read below reports every problem at once
+    table = read_votes(cfg.data.dataset, classes=cfg.class_list(), check_images=cache.verifier(cfg.data.image_size))
     agg = aggregate(table)
     if cfg.data.roles:
         roles = read_roles(cfg.data.roles, table)
@@ -122,7 +139,8 @@ def prepare_data(cfg: RunConfig) -> PreparedData:
     frame[S.ROLE] = roles.to_numpy()
     index = {c: k for k, c in enumerate(table.classes)}
     frame["_major_idx"] = [index.get(m, -1) for m in frame[S.MAJORITY]]
-    data = PreparedData(list(table.classes), frame.reset_index(drop=True), table.image_paths(), list(table.warnings))
+    data = PreparedData(list(table.classes), frame.reset_index(drop=True), table.image_paths(), list(table.warnings),
+                        cache)
     _check_roles(data, cfg)
     return data
 
@@ -149,14 +167,13 @@ def _check_roles(data: PreparedData, cfg: RunConfig) -> None:
 
 def load_pixels(data: PreparedData, cfg: RunConfig, log=print) -> np.ndarray:
     """All images (N, S, S, 3) uint8 through the decoded-image cache."""
-    from engine.data.cache import ImageCache
+    from engine.runtime import thread_count
 
-    cache_dir = cfg.data.cache_dir or str(Path(cfg.data.dataset) / ".cache")
-    cache = ImageCache(cache_dir)
+    cache = data.cache or image_cache(cfg, workers=thread_count())
     t0 = time.time()
     pixels = cache.load_many(data.paths, cfg.data.image_size)
     log(f"loaded {len(pixels)} images at {cfg.data.image_size}px in {time.time() - t0:.1f}s "
-        f"({cache.decode_count} decoded, the rest from the cache {cache_dir})")
+        f"({cache.decode_count} decoded, the rest from the cache {cache.folder})")
     return pixels
 
 
@@ -359,12 +376,12 @@ def _check_image_size(model, cfg: RunConfig) -> None:
 def _pretrain(cfg: RunConfig, rd: R.RunDir, device: torch.device, num_classes: int):
     """DR pretraining: train the backbone on the auxiliary dataset, save it, then put a fresh task head on it."""
     from engine.data.aux import load_aux
-    from engine.data.cache import ImageCache
     from engine.models import load_weights, normalisation
+    from engine.runtime import thread_count
 
     paths, labels, aux_classes = load_aux(cfg.pretrain.pretrain)
     rd.log(f"DR pretraining on {cfg.pretrain.pretrain}: {len(paths)} images, classes {aux_classes}")
-    pixels = ImageCache(cfg.data.cache_dir or str(Path(cfg.data.dataset) / ".cache")).load_many(paths, cfg.data.image_size)
+    pixels = image_cache(cfg, workers=thread_count()).load_many(paths, cfg.data.image_size)
     aux_model = _create_model(cfg, len(aux_classes), stream=1)
     mean, std = normalisation(aux_model)
     data = TensorData(pixels, labels)
