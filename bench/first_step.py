@@ -1,10 +1,12 @@
 """Time to first step: from the start of `python -m engine run` to its first step line in progress.jsonl.
 
-    .venv/bin/python -m bench.first_step                      # 4000-image demo dataset, default settings, CPU
+    .venv/bin/python -m bench.first_step                      # 4000-image demo dataset at 64 px, CPU
+    .venv/bin/python -m bench.first_step --image-size 224     # the default image size (the first step is slower)
     .venv/bin/python -m bench.first_step --n 400 --device cuda
 
 Generates (once, kept under bench/out/first_step/) a synthetic demo dataset of `--n` images, deletes its image
-cache, then runs `engine run` on it `--runs` times with the default settings (method, model, image size, batch):
+cache, then runs `engine run` on it `--runs` times with the default settings (method, model, batch) at
+`--image-size` (64 px by default, the issue's "4000 small images"; at 224 px one CPU step alone takes seconds):
 the first run starts with an empty cache ("cold"), the others find it filled ("cached"). Each run is stopped with
 SIGINT (what the app's Cancel sends) as soon as its first step is in progress.jsonl. Prints the seconds per run and
 the run's own timeline from log.txt. Run it under the bench lock (`flock /tmp/bench.lock ...`).
@@ -69,20 +71,22 @@ def main(argv=None) -> int:
     p.add_argument("--n", type=int, default=4000, help="images in the demo dataset [4000]")
     p.add_argument("--runs", type=int, default=3, help="runs: the first cold, the rest with a filled cache [3]")
     p.add_argument("--device", default="cpu", help="engine --device [cpu]")
+    p.add_argument("--image-size", type=int, default=64, help="engine --image-size [64]")
     p.add_argument("--json", type=Path, default=OUT / "first_step.json")
     args = p.parse_args(argv)
     ds = demo_dataset(args.n)
     shutil.rmtree(ds / ".cache", ignore_errors=True)
     rows = []
     for i in range(args.runs):
-        r = time_to_first_step(ds, OUT / "run", ["--device", args.device])
+        r = time_to_first_step(ds, OUT / "run", ["--device", args.device, "--image-size", str(args.image_size)])
         r["cache"] = "cold" if i == 0 else "cached"
         rows.append(r)
         print(f"run {i + 1} ({r['cache']}): first step after {r['seconds']:.1f} s")
         for line in r["log"]:
             print(f"    {line}")
     args.json.parent.mkdir(parents=True, exist_ok=True)
-    args.json.write_text(json.dumps({"n": args.n, "device": args.device, "runs": rows}, indent=1))
+    args.json.write_text(json.dumps({"n": args.n, "device": args.device, "image_size": args.image_size,
+                                     "runs": rows}, indent=1))
     return 0
 
 

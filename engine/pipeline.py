@@ -182,14 +182,17 @@ def load_pixels(data: PreparedData, cfg: RunConfig, log=print) -> np.ndarray:
 
 
 def versions() -> dict:
-    import timm
+    """Versions of the engine, Python, the platform and the packages a run depends on (from the installed
+    distributions' metadata: nothing is imported for it)."""
+    from importlib import metadata
 
     out = {"engine": engine.__version__, "python": platform.python_version(), "torch": torch.__version__,
-           "timm": timm.__version__, "platform": platform.platform()}
-    for mod in ("numpy", "pandas", "sklearn", "pydicom"):
+           "platform": platform.platform()}
+    for key, dist in (("timm", "timm"), ("numpy", "numpy"), ("pandas", "pandas"), ("sklearn", "scikit-learn"),
+                      ("pydicom", "pydicom")):
         try:
-            out[mod] = __import__(mod).__version__
-        except Exception:  # pragma: no cover - optional
+            out[key] = metadata.version(dist)
+        except metadata.PackageNotFoundError:  # pragma: no cover - optional
             pass
     return out
 

@@ -63,7 +63,7 @@ class ImageCache:
         """sha256 of the file, from the stat index when its size and modification time are unchanged."""
         path = Path(path)
         st = path.stat()
-        name = str(path.resolve())
+        name = os.path.abspath(path)
         known = self._stat.get(name)
         if known and known[0] == st.st_size and known[1] == st.st_mtime_ns:
             return known[2]
