@@ -1,7 +1,9 @@
 # Runnable image of the app and the engine.
 #   docker build -t rop-noisy-labels .
-#   docker run --rm -p 8501:8501 -v "$PWD/data:/app/data" rop-noisy-labels            # CPU
-#   docker run --rm -p 8501:8501 -v "$PWD/data:/app/data" --gpus all rop-noisy-labels # NVIDIA GPU
+#   docker run --rm -p 127.0.0.1:8501:8501 -v "$PWD/data:/app/data" rop-noisy-labels            # CPU
+#   docker run --rm -p 127.0.0.1:8501:8501 -v "$PWD/data:/app/data" --gpus all rop-noisy-labels # NVIDIA GPU
+# `-p 127.0.0.1:8501:8501` publishes the app on the host's loopback only; a bare `-p 8501:8501` would open it to
+# the network (the app has no login).
 # Mount /app/data: the workspace database (review decisions) and runs live there and must outlive the container.
 # The engine CLI runs in the same image: docker run --rm -v "$PWD/data:/app/data" rop-noisy-labels python -m engine --help
 FROM python:3.11-slim
@@ -26,7 +28,6 @@ RUN useradd --create-home --uid 1000 --user-group --shell /usr/sbin/nologin app 
     && chown app:app /app/data
 COPY engine/ ./engine/
 COPY app/ ./app/
-COPY .streamlit/ ./.streamlit/
 
 # Numeric uid: Kubernetes' runAsNonRoot and hosts without this user can verify it is not root.
 USER 1000:1000
@@ -35,5 +36,7 @@ EXPOSE 8501
 HEALTHCHECK --interval=30s --timeout=5s --start-period=60s --retries=3 \
     CMD ["python", "-c", "import sys, urllib.request; sys.exit(urllib.request.urlopen('http://127.0.0.1:8501/_stcore/health', timeout=4).status != 200)"]
 
-# Inside a container the app must listen on all interfaces (.streamlit/config.toml keeps 127.0.0.1 for local use).
+# Inside the container the app must listen on all of the container's interfaces, or `docker run -p` cannot reach
+# it; app/.streamlit/config.toml keeps 127.0.0.1 everywhere else. Publish the port on the host's loopback only
+# (`-p 127.0.0.1:8501:8501`, above). Every other setting (no tracebacks, no usage statistics) comes from that file.
 CMD ["streamlit", "run", "app/Home.py", "--server.address=0.0.0.0", "--server.port=8501"]

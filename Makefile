@@ -6,6 +6,8 @@ PY := .venv/bin/python
 DEMO := data/demo
 METHOD ?= mslg
 DEMO_RUN := data/runs/demo-$(METHOD)
+# The app listens on this machine only (also pinned in app/.streamlit/config.toml, read from any folder).
+STREAMLIT := .venv/bin/streamlit run app/Home.py --server.address 127.0.0.1
 DEMO_FLAGS ?= --backbone resnet18 --image-size 64 --epochs 12 --warmup-epochs 4 --lr-milestones 8 --batch-size 32
 
 .PHONY: demo test lint bench app
@@ -24,10 +26,10 @@ demo: .venv/stamp
 	if [ -f $(DEMO_RUN)/model.pt ]; then echo "reusing the finished run $(DEMO_RUN)"; \
 	elif [ -f $(DEMO_RUN)/checkpoint.pt ]; then $(PY) -m engine run $(DEMO) --out $(DEMO_RUN) --method $(METHOD) --pretrain $(DEMO)/dr_aux $(DEMO_FLAGS) --resume; \
 	else rm -rf $(DEMO_RUN); $(PY) -m engine run $(DEMO) --out $(DEMO_RUN) --method $(METHOD) --pretrain $(DEMO)/dr_aux $(DEMO_FLAGS); fi
-	.venv/bin/streamlit run app/Home.py -- --dataset $(DEMO) --run $(DEMO_RUN)
+	$(STREAMLIT) -- --dataset $(DEMO) --run $(DEMO_RUN)
 
 app: .venv/stamp
-	.venv/bin/streamlit run app/Home.py
+	$(STREAMLIT)
 
 test: .venv/stamp
 	bash scripts/ensure-chromium

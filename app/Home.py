@@ -14,6 +14,7 @@ import streamlit as st  # noqa: E402
 
 from app import state  # noqa: E402
 from app.components import sidebar  # noqa: E402
+from app.plain import code, md  # noqa: E402
 
 st.set_page_config(page_title="ROP label review", page_icon="👁️", layout="wide")
 
@@ -36,5 +37,5 @@ try:
     page.run()
 except Exception as exc:  # the last safety net: a message on the page, the traceback in WORKSPACE/app.log
     state.log.exception("page %s failed", page.title)
-    st.error(f"Something went wrong on this page: {type(exc).__name__}: {exc}\n\n"
-             f"The details are in `{state.workspace() / 'app.log'}`.", icon=":material/error:")
+    st.error(f"Something went wrong on this page: {type(exc).__name__}: {md(exc)}\n\n"
+             f"The details are in {code(state.workspace() / 'app.log')}.", icon=":material/error:")

@@ -1,6 +1,6 @@
 """Training jobs: launch `python -m engine run` as its own process group, watch it, cancel it.
 
-The job registry is the ReviewStore (`register_run` / `update_run`), so a browser refresh or an app restart
+The job registry is the WorkspaceStore (`register_run` / `update_run`), so a browser refresh or an app restart
 finds a job again. This process additionally keeps the `Popen` handles of the jobs it started (to reap them);
 a job started by an earlier app process is checked through its pid (and /proc/PID/cmdline where available).
 
@@ -112,23 +112,9 @@ def pid_alive(pid: int | None, run_dir: Path | str | None = None) -> bool:
         proc = children().get(Path(run_dir).resolve())
         if proc is not None and proc.pid == pid:
             return proc.poll() is None
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    proc_dir = Path(f"/proc/{pid}")
-    if proc_dir.exists():
-        try:
-            if (proc_dir / "stat").read_text().split(")")[-1].split()[0] == "Z":
-                return False
-            cmdline = (proc_dir / "cmdline").read_bytes().replace(b"\0", b" ")
-        except OSError:
-            return False
-        if run_dir is not None and b"engine" not in cmdline:
-            return False  # the pid was recycled by an unrelated process
-    return True
+    from engine.rundir import process_alive
+
+    return process_alive(pid, engine_only=run_dir is not None)
 
 
 def read_status(run_dir: Path) -> dict | None:
@@ -185,8 +171,12 @@ def view(record: dict) -> JobView:
         if config.get("cancel_requested"):
             job_state, message = "cancelled", "cancelled (the process was stopped)"
         else:
+            from engine.rundir import RunDir
+
             job_state = "failed"
-            message = message or "the training process ended without finishing (see the end of its log below)"
+            marked = RunDir(run_dir).mark_if_dead()  # status.json says so too, for every other reader
+            message = message or (marked or {}).get("message") or (
+                "the training process ended without finishing (see the end of its log below)")
     if job_state != record.get("state"):
         try:
             state.store().update_run(run_dir, state=job_state)
@@ -268,14 +258,13 @@ def register_external_run(run_dir: Path, dataset: Path | None) -> None:
     if not run_dir.is_dir() or store.get_run(run_dir) is not None:
         return
     status = read_status(run_dir) or {}
-    method = ""
-    try:
-        config = json.loads((run_dir / "config.json").read_text(encoding="utf-8"))
-        method = str((config.get("runtime") or {}).get("method") or config.get("method") or "")
-        if dataset is None and (config.get("data") or {}).get("dataset"):
-            dataset = Path(config["data"]["dataset"])
-    except (OSError, ValueError, AttributeError):
-        pass
+    from engine.rundir import RunDir
+
+    config = RunDir(run_dir).read_config() or {}
+    runtime, data = config.get("runtime"), config.get("data")
+    method = str((runtime.get("method") if isinstance(runtime, dict) else None) or config.get("method") or "")
+    if dataset is None and isinstance(data, dict) and data.get("dataset"):
+        dataset = Path(data["dataset"])
     job_state = status.get("state") or ("done" if (run_dir / "labels.csv").exists() else "failed")
     store.register_run(run_dir, dataset=dataset, method=method or None, state=job_state, pid=status.get("pid"),
                        config={"external": True})

@@ -84,13 +84,13 @@ def _setup_logging(ws: Path) -> None:
 
 @st.cache_resource(show_spinner=False)
 def _store_for(db_path: str):
-    from engine.review import ReviewStore
+    from engine.store import WorkspaceStore
 
-    return ReviewStore(db_path)
+    return WorkspaceStore(db_path)
 
 
 def store():
-    """The shared review store (SQLite in the workspace), one handle per workspace for all sessions."""
+    """The shared workspace store (SQLite in the workspace), one handle per workspace for all sessions."""
     return _store_for(str(workspace() / "review.db"))
 
 

@@ -51,8 +51,15 @@ def write_json(path: Path | str, obj: Any) -> Path:
 
 
 def write_csv(path: Path | str, frame) -> Path:
-    """Write a pandas DataFrame as UTF-8 CSV without the index."""
-    return _atomic(path, lambda p: frame.to_csv(p, index=False, encoding="utf-8"))
+    """Write a pandas DataFrame as UTF-8 CSV without the index. Every CSV the tool writes goes through here, so
+    text cells that a spreadsheet would run as a formula are neutralised here, once (`engine.csv_cells`), and
+    rows end in CRLF."""
+    from engine.csv_cells import neutralise_frame
+
+    safe = neutralise_frame(frame)
+    # CRLF rows (RFC 4180): the csv writer then quotes every cell holding a CR or LF. With "\n" rows a lone CR
+    # inside a note went out unquoted, and a spreadsheet starts a new row there, so "x\r=1+1" injected a formula.
+    return _atomic(path, lambda p: safe.to_csv(p, index=False, encoding="utf-8", lineterminator="\r\n"))
 
 
 def torch_save(path: Path | str, obj: Any) -> Path:

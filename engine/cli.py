@@ -40,12 +40,18 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
     return parser
 
 
+PROBLEMS_SHOWN = 50  # a longer list only buries the first problems; the total is always printed
+
+
 def print_problems(err: InputError, stream=None) -> None:
     stream = stream or sys.stderr
     n = len(err.problems)
     print(f"error: {n} problem{'s' if n != 1 else ''} in the input; nothing was written.", file=stream)
-    for p in err.problems:
+    for p in err.problems[:PROBLEMS_SHOWN]:
         print(f"  - {p}", file=stream)
+    if n > PROBLEMS_SHOWN:
+        print(f"  ... and {n - PROBLEMS_SHOWN} more problems ({n} in all): fix the ones above and run again",
+              file=stream)
 
 
 def main(argv: list[str] | None = None) -> int:

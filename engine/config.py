@@ -12,6 +12,7 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, get_args, get_origin, get_type_hints
 
+from engine.data.schema import parse_bool
 from engine.errors import InputError, Problem
 
 
@@ -31,6 +32,9 @@ class DataConfig:
     test: float = _f(300, "test-set size: a count, or a fraction of consensus images if < 1 (ROP study: 300)")
     image_size: int = _f(224, "network input size after centre crop (ROP study: 224 from 256)")
     cache_dir: str = _f("", "decoded-image cache folder (default: DATASET/.cache next to votes.csv)")
+    ordinal: str = _f("auto", "the class order is a severity scale (weighs a normal↔plus error above an adjacent one): "
+                      "auto = when the classes are a known scale such as normal,pre-plus,plus", choices=("auto", "yes",
+                                                                                                     "no"))
 
 
 @dataclass(frozen=True)
@@ -40,15 +44,34 @@ class ModelConfig:
     pretrained: bool = _f(False, "load timm's ImageNet weights from the hub / local HF cache (needs network)")
 
 
+# Training recipes: what an unset schedule option means. `finetune` is the ROP study's recipe for fine-tuning an
+# ImageNet-pretrained ResNet-50; `scratch` is for a network that starts from random weights (no --weights,
+# --pretrained or --pretrain), where that recipe's small learning rate leaves the network under-trained. The scratch
+# values were chosen on the label-noise benchmark (bench/RESULTS.md, "recipe").
+RECIPES: dict[str, dict[str, Any]] = {
+    "scratch": {"epochs": 15, "warmup_epochs": 5, "batch_size": 32, "lr": 0.05, "lr_schedule": "cosine",
+                "lr_milestones": "", "momentum": 0.9, "weight_decay": 5e-4},
+    "finetune": {"epochs": 30, "warmup_epochs": 10, "batch_size": 16, "lr": 1e-3, "lr_schedule": "step",
+                 "lr_milestones": "10,20", "momentum": 0.9, "weight_decay": 1e-4},
+}
+RECIPE_CHOICES = ("auto", *RECIPES)
+
+
 @dataclass(frozen=True)
 class ScheduleConfig:
-    epochs: int = _f(30, "total epochs including warm-up (ROP study: 30)")
-    warmup_epochs: int = _f(10, "cross-entropy warm-up epochs on majority labels (ROP study: 10)")
-    batch_size: int = _f(16, "mini-batch size (ROP study: 16)")
-    lr: float = _f(1e-3, "base-classifier learning rate (ROP study: 1e-3)")
-    lr_milestones: str = _f("10,20", "epochs where the learning rate is divided by 10 (ROP study: 10,20)")
-    momentum: float = _f(0.9, "SGD momentum (ROP study: 0.9)")
-    weight_decay: float = _f(1e-4, "SGD weight decay (ROP study: 1e-4)")
+    """Unset options (None) come from the recipe; `auto` picks `finetune` when the network starts from weights."""
+
+    recipe: str = _f("auto", "training recipe for unset options: auto (finetune when --weights, --pretrained or "
+                     "--pretrain is given, else scratch), scratch, finetune (the ROP study's)", choices=RECIPE_CHOICES)
+    epochs: int | None = _f(None, "total epochs including warm-up (scratch 15; finetune 30 as in the ROP study)")
+    warmup_epochs: int | None = _f(None, "cross-entropy warm-up epochs on majority labels (scratch 5; finetune 10)")
+    batch_size: int | None = _f(None, "mini-batch size (scratch 32; finetune 16)")
+    lr: float | None = _f(None, "base-classifier learning rate (scratch 0.05; finetune 1e-3)")
+    lr_schedule: str | None = _f(None, "cosine decay, or step (÷10 at --lr-milestones) (scratch cosine; finetune "
+                                 "step)", choices=("cosine", "step"))
+    lr_milestones: str | None = _f(None, "epochs where a step schedule divides the learning rate by 10 (finetune 10,20)")
+    momentum: float | None = _f(None, "SGD momentum (0.9)")
+    weight_decay: float | None = _f(None, "SGD weight decay (scratch 5e-4; finetune 1e-4)")
 
 
 @dataclass(frozen=True)
@@ -58,8 +81,16 @@ class PretrainConfig:
 
 
 @dataclass(frozen=True)
-class FlagConfig:
-    flag_uncertain: float = _f(0.6, "flag a split-vote image when the soft label's top probability is below this")
+class EstimateConfig:
+    """The label-estimation stage (engine/estimate.py, engine/crossfit.py) that makes the soft labels shown for review."""
+
+    folds: int = _f(2, "cross-fitting folds for out-of-sample model probabilities (each fold's model never sees the "
+                    "labels it grades); 0 = off: the method's own soft labels are used as they are")
+    fold_budget: float = _f(1.0, "training of all folds together, as a multiple of the main training's steps")
+    calibration: str = _f("temperature", "calibrate the model probabilities on the meta set", choices=("temperature",
+                                                                                                     "none"))
+    experts: str = _f("confusion", "weigh each expert by a confusion matrix learned from the data and the meta set "
+                      "(Dawid-Skene), or ignore the votes (model only)", choices=("confusion", "none"))
 
 
 @dataclass(frozen=True)
@@ -78,7 +109,7 @@ GROUPS: dict[str, type] = {
     "model": ModelConfig,
     "schedule": ScheduleConfig,
     "pretrain": PretrainConfig,
-    "flags": FlagConfig,
+    "estimate": EstimateConfig,
     "runtime": RuntimeConfig,
 }
 
@@ -89,7 +120,7 @@ class RunConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
     schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
     pretrain: PretrainConfig = field(default_factory=PretrainConfig)
-    flags: FlagConfig = field(default_factory=FlagConfig)
+    estimate: EstimateConfig = field(default_factory=EstimateConfig)
     runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
     method_params: dict[str, Any] = field(default_factory=dict)  # asdict of the method's own config
 
@@ -104,8 +135,22 @@ class RunConfig:
         parts = {name: build(GROUPS[name], d.get(name, {}), where=f"config section '{name}'") for name in GROUPS}
         return cls(**parts, method_params=dict(d.get("method_params", {})))
 
+    def recipe(self) -> str:
+        """The recipe that fills unset schedule options: `schedule.recipe`, with auto resolved."""
+        if self.schedule.recipe != "auto":
+            return self.schedule.recipe
+        starts_from_weights = bool(self.model.weights or self.model.pretrained or self.pretrain.pretrain)
+        return "finetune" if starts_from_weights else "scratch"
+
+    def resolved(self) -> RunConfig:
+        """This config with every unset schedule option filled from its recipe (what a run uses and records)."""
+        name = self.recipe()
+        values = {k: (v if v is not None else RECIPES[name][k]) for k, v in dataclasses.asdict(self.schedule).items()
+                  if k != "recipe"}
+        return dataclasses.replace(self, schedule=ScheduleConfig(recipe=name, **values))
+
     def milestones(self) -> list[int]:
-        text = self.schedule.lr_milestones.strip()
+        text = (self.schedule.lr_milestones or "").strip()
         return [int(x) for x in text.split(",") if x.strip()] if text else []
 
     def class_list(self) -> list[str] | None:
@@ -116,15 +161,16 @@ class RunConfig:
 def _coerce(tp, value, name: str, where: str):
     origin = get_origin(tp)
     if origin is not None and type(None) in get_args(tp):
+        if value is None:
+            return None
         tp = next(a for a in get_args(tp) if a is not type(None))
     try:
         if tp is bool:
             if isinstance(value, str):
-                if value.lower() in ("1", "true", "yes", "on"):
-                    return True
-                if value.lower() in ("0", "false", "no", "off"):
-                    return False
-                raise ValueError(value)
+                parsed = parse_bool(value)
+                if parsed is None:
+                    raise ValueError(value)
+                return parsed
             return bool(value)
         if tp in (int, float, str):
             if tp is int and isinstance(value, float) and not value.is_integer():
@@ -147,8 +193,10 @@ def build(cls: type, values: dict, *, where: str = "config"):
     return cls(**{k: _coerce(hints[k], v, k, where) for k, v in values.items()})
 
 
-def field_help(cls: type) -> dict[str, str]:
-    return {f.name: f.metadata.get("help", "") for f in fields(cls)}
+def _unwrap_optional(tp):
+    """`int | None` -> int (unset options are None)."""
+    args = [a for a in get_args(tp) if a is not type(None)]
+    return args[0] if get_origin(tp) is not None and type(None) in get_args(tp) and len(args) == 1 else tp
 
 
 def add_dataclass_args(parser, cls: type, *, prefix: str = "", title: str | None = None, skip=()) -> None:
@@ -159,14 +207,18 @@ def add_dataclass_args(parser, cls: type, *, prefix: str = "", title: str | None
         if f.name in skip or f.metadata.get("positional"):
             continue
         flag = "--" + (prefix + f.name).replace("_", "-")
-        tp = hints[f.name]
+        tp = _unwrap_optional(hints[f.name])
         default_text = f.default if f.default is not dataclasses.MISSING else "(computed)"
+        default_text = "from the recipe" if default_text is None else default_text
+        # argparse %-formats help strings ("%(default)s"); a literal '%' in our text (e.g. "15–30 % cheaper")
+        # would crash `--help`, so it is escaped here, once for every field
+        help_text = f"{f.metadata.get('help', '')} [{default_text}]".replace("%", "%%")
         if tp is bool:
             group.add_argument(flag, dest=prefix + f.name, default=None, type=lambda s, name=f.name: _coerce(bool, s, name, "cli"),
-                               nargs="?", const=True, metavar="BOOL", help=f"{f.metadata.get('help', '')} [{default_text}]")
+                               nargs="?", const=True, metavar="BOOL", help=help_text)
         else:
             group.add_argument(flag, dest=prefix + f.name, default=None, type=tp if tp in (int, float, str) else str,
-                               choices=f.metadata.get("choices"), help=f"{f.metadata.get('help', '')} [{default_text}]")
+                               choices=f.metadata.get("choices"), help=help_text)
 
 
 def collect_dataclass_args(ns, cls: type, *, prefix: str = "") -> dict:

@@ -10,7 +10,7 @@ model output):
 4. `model`     — nobody graded the image (no `majority`): the model's `suggested` label.
 A row that matches none (no grader and no suggestion) makes labels.csv invalid.
 
-Decisions come from `store` (a ReviewStore or a path to one); with `store=None` only from `RUNDIR/review.db`
+Decisions come from `store` (a WorkspaceStore or a path to one); with `store=None` only from `RUNDIR/review.db`
 when that file exists. When `out` is given the CSV is written atomically with a companion
 `<out>.provenance.json` (run, method, time, counts by source, engine version, sha256 of labels.csv and of the
 export, and the rule above).
@@ -18,18 +18,18 @@ export, and the rule above).
 
 from __future__ import annotations
 
-import hashlib
-import json
 import math
 from pathlib import Path
 
 import pandas as pd
 
 from engine import __version__, atomic
+from engine.csv_cells import restore
 from engine.data import schema
+from engine.data.cache import file_sha256
 from engine.errors import InputError, Problem
-from engine.review import ReviewStore
-from engine.rundir import CONFIG, LABELS
+from engine.rundir import LABELS, RunDir
+from engine.store import WorkspaceStore
 
 RUN_REVIEW_DB = "review.db"  # a run folder's own decision store, used when no store is passed
 PROVENANCE_SUFFIX = ".provenance.json"
@@ -39,7 +39,6 @@ RULE = (
     "majority: graded but no consensus, flagged or not, not reviewed -> majority (experts are kept)",
     "model: nobody graded the image -> the model's suggested label",
 )
-_TRUE, _FALSE = {"true", "1", "1.0", "yes"}, {"false", "0", "0.0", "no", ""}
 
 
 def provenance_path(out: Path | str) -> Path:
@@ -48,12 +47,16 @@ def provenance_path(out: Path | str) -> Path:
     return out.with_name(out.name + PROVENANCE_SUFFIX)
 
 
-def sha256_file(path: Path | str) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
+def _fill_later_columns(frame: pd.DataFrame, classes: list[str]) -> None:
+    """Runs written before the label-estimation stage lack flag_code, priority and method_p:<class>: no codes, the
+    queue ordered by flag_score, and the method's view equal to p:<class>."""
+    if schema.FLAG_CODE not in frame.columns:
+        frame[schema.FLAG_CODE] = ""
+    if schema.PRIORITY not in frame.columns and schema.FLAG_SCORE in frame.columns:
+        frame[schema.PRIORITY] = frame[schema.FLAG_SCORE]
+    for c in classes:
+        if schema.method_prob_col(c) not in frame.columns and schema.prob_col(c) in frame.columns:
+            frame[schema.method_prob_col(c)] = frame[schema.prob_col(c)]
 
 
 def read_labels(path: Path | str) -> tuple[pd.DataFrame, list[str]]:
@@ -68,10 +71,12 @@ def read_labels(path: Path | str) -> tuple[pd.DataFrame, list[str]]:
         frame = pd.read_csv(path, dtype=str, keep_default_na=False, na_filter=False, encoding="utf-8")
     except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError, ValueError) as err:
         raise InputError(Problem(where, f"not a readable CSV ({type(err).__name__}: {err})")) from None
+    frame = frame.map(restore).rename(columns=restore)  # the run wrote it with formula-like cells neutralised
     classes = [c[len(schema.PROB_PREFIX) :] for c in frame.columns if c.startswith(schema.PROB_PREFIX)]
     problems: list[Problem] = []
     if not classes or any(not c for c in classes):
         problems.append(Problem(where, "no class columns: expected p:<class> columns, one per class"))
+    _fill_later_columns(frame, classes)
     missing = [c for c in schema.labels_columns(classes) if c not in frame.columns]
     if missing:
         problems.append(Problem(where, f"missing column(s) {', '.join(missing)}", "use the labels.csv a run wrote"))
@@ -96,7 +101,7 @@ def read_labels(path: Path | str) -> tuple[pd.DataFrame, list[str]]:
             if rec[col] and rec[col] not in known:
                 bad(f"{col} '{rec[col]}' is not one of the classes {', '.join(classes)}")
         for col in (schema.CONSENSUS, schema.FLAG):
-            if rec[col].strip().lower() not in _TRUE | _FALSE:
+            if rec[col].strip() and schema.parse_bool(rec[col]) is None:  # empty = false
                 bad(f"{col} must be true/false or 1/0, got '{rec[col]}'")
         if _truthy(rec[schema.CONSENSUS]) and not rec[schema.MAJORITY]:
             bad("consensus is true but majority is empty")
@@ -115,7 +120,7 @@ def read_labels(path: Path | str) -> tuple[pd.DataFrame, list[str]]:
 def export_labels(
     run_dir: Path | str,
     *,
-    store: ReviewStore | str | Path | None = None,
+    store: WorkspaceStore | str | Path | None = None,
     out: Path | str | None = None,
 ) -> pd.DataFrame:
     """Final label per image of a run (columns `schema.export_columns(classes)`); written to `out` when given."""
@@ -183,14 +188,14 @@ def export_labels(
             provenance_path(out),
             {
                 "export": out.name,
-                "export_sha256": sha256_file(out),
+                "export_sha256": file_sha256(out),
                 "rows": len(frame),
                 "counts_by_source": counts_by_source(frame),
                 "run_dir": str(run_dir.resolve()),
                 "method": _run_method(run_dir),
                 "classes": classes,
                 "labels_csv": str(labels_path.resolve()),
-                "labels_sha256": sha256_file(labels_path),
+                "labels_sha256": file_sha256(labels_path),
                 "review_store": store_name,
                 "decisions_applied": len(by_image),
                 "exported_at": pd.Timestamp.now(tz="UTC").isoformat(timespec="seconds"),
@@ -207,25 +212,22 @@ def counts_by_source(frame: pd.DataFrame) -> dict[str, int]:
     return {s: int(counts.get(s, 0)) for s in schema.SOURCES}
 
 
-def _open_store(run_dir: Path, store: ReviewStore | str | Path | None) -> tuple[ReviewStore | None, bool]:
+def _open_store(run_dir: Path, store: WorkspaceStore | str | Path | None) -> tuple[WorkspaceStore | None, bool]:
     """(store, opened_here). A path that does not exist is an error: a typo must not export without decisions."""
-    if isinstance(store, ReviewStore):
+    if isinstance(store, WorkspaceStore):
         return store, False
     if store is None:
         default = run_dir / RUN_REVIEW_DB
-        return (ReviewStore(default), True) if default.is_file() else (None, False)
+        return (WorkspaceStore(default), True) if default.is_file() else (None, False)
     if not Path(store).is_file():
-        raise InputError(Problem(str(store), "review store not found", "pass the workspace database the app uses"))
-    return ReviewStore(store), True
+        raise InputError(Problem(str(store), "workspace store not found", "pass the workspace database the app uses"))
+    return WorkspaceStore(store), True
 
 
 def _run_method(run_dir: Path) -> str | None:
     """The method named in the run's config.json (RunConfig.to_dict(), possibly nested), or None."""
-    try:
-        config = json.loads((run_dir / CONFIG).read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None
-    for candidate in (config, config.get("config") if isinstance(config, dict) else None):
+    config = RunDir(run_dir).read_config() or {}
+    for candidate in (config, config.get("config")):
         if isinstance(candidate, dict):
             runtime = candidate.get("runtime")
             if isinstance(runtime, dict) and runtime.get("method"):
@@ -236,7 +238,7 @@ def _run_method(run_dir: Path) -> str | None:
 
 
 def _truthy(value: str) -> bool:
-    return str(value).strip().lower() in _TRUE
+    return schema.parse_bool(value) is True
 
 
 def _is_float(value: str) -> bool:

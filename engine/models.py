@@ -67,7 +67,11 @@ def load_weights(model: nn.Module, path: str | Path) -> None:
 
             state = load_file(str(path))
         else:
-            state = torch.load(path, map_location="cpu", weights_only=False)
+            from engine.safe_load import torch_load
+
+            state = torch_load(path, what="weight file")
+    except InputError:
+        raise
     except Exception as exc:
         raise InputError(Problem(str(path), f"cannot read weights ({type(exc).__name__}: {exc})")) from None
     if isinstance(state, dict) and "state_dict" in state:
@@ -96,10 +100,6 @@ def _head_names(model: nn.Module) -> set[str]:
 def features(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
     """Pooled pre-logit features (B, F) — the input of the classifier head."""
     return model.forward_head(model.forward_features(x), pre_logits=True)
-
-
-def head(model: nn.Module) -> nn.Module:
-    return model.get_classifier()
 
 
 def normalisation(model: nn.Module) -> tuple[tuple[float, ...], tuple[float, ...]]:

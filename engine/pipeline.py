@@ -8,7 +8,6 @@ Ctrl-C resumable with `--resume`, which on the CPU ends with the same soft label
 from __future__ import annotations
 
 import dataclasses
-import json
 import platform
 import subprocess
 import sys
@@ -64,8 +63,11 @@ def validate_config(cfg: RunConfig) -> None:
         p.append(Problem("--lr-milestones", f"not a comma-separated list of epochs: {sch.lr_milestones!r}"))
     if rt.device not in ("auto", "cpu", "cuda", "mps") and not rt.device.startswith("cuda:"):
         p.append(Problem("--device", f"unknown device '{rt.device}'", "use auto, cpu, cuda or mps"))
-    if not 0 < cfg.flags.flag_uncertain <= 1:
-        p.append(Problem("--flag-uncertain", f"must be in (0, 1], got {cfg.flags.flag_uncertain}"))
+    est = cfg.estimate
+    if est.folds == 1 or est.folds < 0:
+        p.append(Problem("--folds", f"must be 0 (off) or >= 2, got {est.folds}"))
+    if not 0 < est.fold_budget <= 10:
+        p.append(Problem("--fold-budget", f"must be in (0, 10], got {est.fold_budget}"))
     if cfg.pretrain.pretrain and cfg.pretrain.pretrain_epochs < 1:
         p.append(Problem("--pretrain-epochs", "must be >= 1 when --pretrain is given"))
     if not p:  # the method is known
@@ -104,6 +106,8 @@ class PreparedData:
     frame: pd.DataFrame  # image, role, votes, majority, tie, consensus, n_graders, agreement, _major_idx
     paths: list[Path]
     warnings: list
+    votes: np.ndarray  # (N, E) class index per expert, -1 = not graded
+    ordinal: bool  # the class order is a severity scale
     cache: object = None  # the ImageCache that validated the images (it keeps what it decoded for load_pixels)
 
 
@@ -130,6 +134,10 @@ def prepare_data(cfg: RunConfig) -> PreparedData:
     except InputError:
         pass  # the full read below reports every problem at once
     table = read_votes(cfg.data.dataset, classes=cfg.class_list(), check_images=cache.verifier(cfg.data.image_size))
+    if len(table.classes) < 2:  # `inspect` only warns; training on one class would "succeed" with nothing learned
+        raise InputError(Problem(str(table.votes_file), f"only one class is used ({', '.join(table.classes)}); "
+                                 "a classifier needs at least two classes",
+                                 "grade images of at least two classes (e.g. normal and plus)"))
     agg = aggregate(table)
     if cfg.data.roles:
         roles = read_roles(cfg.data.roles, table)
@@ -140,9 +148,19 @@ def prepare_data(cfg: RunConfig) -> PreparedData:
     index = {c: k for k, c in enumerate(table.classes)}
     frame["_major_idx"] = [index.get(m, -1) for m in frame[S.MAJORITY]]
     data = PreparedData(list(table.classes), frame.reset_index(drop=True), table.image_paths(), list(table.warnings),
-                        cache)
+                        table.votes_matrix(), is_ordinal(table.classes, cfg.data.ordinal), cache)
     _check_roles(data, cfg)
     return data
+
+
+def is_ordinal(classes: list[str], setting: str) -> bool:
+    """`auto`: the classes are a known severity scale (normal, pre-plus, plus; DR grades); else yes/no."""
+    from engine.data.votes import KNOWN_SCALES
+
+    if setting != "auto":
+        return setting == "yes"
+    return any(list(classes) == [c for c in scale if c in classes] and set(classes) <= set(scale)
+               for scale in KNOWN_SCALES) and len(classes) >= 3
 
 
 def _check_roles(data: PreparedData, cfg: RunConfig) -> None:
@@ -288,18 +306,25 @@ def _pid() -> int:
 
 def run(cfg: RunConfig) -> Path:
     """Execute a run into `cfg.runtime.out`; returns the run folder. Raises InputError before training on bad input."""
+    cfg = cfg.resolved()  # unset schedule options from the recipe (recorded in config.json)
     validate_config(cfg)
     out = Path(cfg.runtime.out)
     rd = R.RunDir(out)
     ckpt_path = rd.path(R.CHECKPOINT)
+    if out.is_dir():
+        rd.mark_if_dead()  # a run killed before it could say so (kill -9) is failed, not "running" forever
+    start_over = f"delete the folder {out} (or pass another --out) and run again without --resume"
     if cfg.runtime.resume:
         if not ckpt_path.is_file():
-            raise InputError(Problem(str(out), "nothing to resume: no checkpoint.pt in the run folder",
-                                     "start a new run without --resume"))
+            raise InputError(Problem(str(out), "nothing to resume: no checkpoint.pt in the run folder (a run writes "
+                                     "it after its first finished epoch)", f"start over: {start_over}"))
         _check_resume_config(rd, cfg)
     elif out.exists() and any(out.iterdir()):
-        raise InputError(Problem(str(out), "run folder exists and is not empty",
-                                 "choose another --out, or add --resume to continue an interrupted run"))
+        if ckpt_path.is_file() and not rd.path(R.LABELS).is_file():
+            fix = "add --resume to continue the interrupted run, or choose another --out"
+        else:
+            fix = f"choose another --out, or start over: {start_over}"
+        raise InputError(Problem(str(out), "run folder exists and is not empty", fix))
     data = prepare_data(cfg)
     device = resolve_device(cfg.runtime.device)
     model = _create_model(cfg, len(data.classes))  # checks backbone and weights before anything is written
@@ -313,6 +338,12 @@ def run(cfg: RunConfig) -> Path:
     atomic.write_csv(rd.path(R.ROLES), data.frame[[S.IMAGE, S.ROLE]])
     rd.log(f"run {cfg.runtime.method} on {cfg.data.dataset} ({len(data.frame)} images, classes {data.classes}) "
            f"device {device}")
+    sch = cfg.schedule
+    rd.log(f"recipe {sch.recipe}" + (" (auto: the network starts from weights)" if sch.recipe == "finetune" and
+                                      cfg.recipe() == "finetune" else "") +
+           f": {sch.epochs} epochs incl. {sch.warmup_epochs} warm-up, batch {sch.batch_size}, SGD lr {sch.lr:g} "
+           f"{sch.lr_schedule}" + (f" at {sch.lr_milestones}" if sch.lr_schedule == "step" else "") +
+           f", momentum {sch.momentum:g}, weight decay {sch.weight_decay:g}")
     for w in data.warnings:
         rd.log(f"warning: {w}")
     t0 = time.time()
@@ -321,6 +352,7 @@ def run(cfg: RunConfig) -> Path:
         if cfg.pretrain.pretrain and not cfg.runtime.resume:
             model = _pretrain(cfg, rd, device, len(data.classes))
         result = _train(cfg, rd, data, pixels, model, device)
+        result["estimate"] = _estimate(cfg, rd, data, result, pixels, device)
         _write_outputs(cfg, rd, data, result, device, time.time() - t0)
     except KeyboardInterrupt:
         rd.log("interrupted: the last finished epoch is in checkpoint.pt; continue with --resume")
@@ -347,9 +379,8 @@ def run(cfg: RunConfig) -> Path:
 
 
 def _check_resume_config(rd: R.RunDir, cfg: RunConfig) -> None:
-    try:
-        old = json.loads(rd.path(R.CONFIG).read_text(encoding="utf-8"))
-    except (FileNotFoundError, ValueError):
+    old = rd.read_config()
+    if old is None:
         return
     new = cfg.to_dict()
     diffs = [f"{sec}.{k}" for sec in new if isinstance(new[sec], dict) and isinstance(old.get(sec), dict)
@@ -415,20 +446,29 @@ def _tensors(data: PreparedData, pixels: np.ndarray, roles: tuple[str, ...]) -> 
     return TensorData(pixels[rows], data.frame["_major_idx"].to_numpy()[rows]), rows
 
 
-def _train(cfg: RunConfig, rd: R.RunDir, data: PreparedData, pixels: np.ndarray, model, device):
+def _make_ctx(cfg: RunConfig, model, num_classes: int, train: TensorData, meta: TensorData, device, *, epochs: int,
+              warmup_epochs: int, milestones: tuple[int, ...], test: TensorData | None = None, seed_offset: int = 0
+              ) -> TrainContext:
+    """A TrainContext with the run's schedule (epochs, warm-up and milestones may differ: cross-fitting folds)."""
     from engine.models import normalisation
 
+    mean, std = normalisation(model)
+    sch = cfg.schedule
+    return TrainContext(model, num_classes, train, meta, mean, std, device=device, batch_size=sch.batch_size,
+                        seed=cfg.runtime.seed + seed_offset, epochs=epochs, warmup_epochs=warmup_epochs, lr=sch.lr,
+                        milestones=milestones, lr_schedule=sch.lr_schedule, momentum=sch.momentum,
+                        weight_decay=sch.weight_decay, amp=cfg.runtime.amp, max_steps=cfg.runtime.max_steps, test=test)
+
+
+def _train(cfg: RunConfig, rd: R.RunDir, data: PreparedData, pixels: np.ndarray, model, device):
     method_cls = get_method(cfg.runtime.method)
     train, train_rows = _tensors(data, pixels, (S.TRAIN, S.UNLABELED))
     meta, meta_rows = _tensors(data, pixels, (S.META,))
     test, test_rows = _tensors(data, pixels, (S.TEST,))
-    mean, std = normalisation(model)
     sch = cfg.schedule
-    ctx = TrainContext(model, len(data.classes), train, meta, mean, std, device=device, batch_size=sch.batch_size,
-                       seed=cfg.runtime.seed, epochs=sch.epochs, warmup_epochs=min(sch.warmup_epochs, sch.epochs),
-                       lr=sch.lr, milestones=tuple(cfg.milestones()), momentum=sch.momentum,
-                       weight_decay=sch.weight_decay, amp=cfg.runtime.amp, max_steps=cfg.runtime.max_steps,
-                       test=test if len(test) else None)
+    ctx = _make_ctx(cfg, model, len(data.classes), train, meta, device, epochs=sch.epochs,
+                    warmup_epochs=min(sch.warmup_epochs, sch.epochs), milestones=tuple(cfg.milestones()),
+                    test=test if len(test) else None)
     ctx.train_consensus = torch.as_tensor(data.frame[S.CONSENSUS].to_numpy()[train_rows].astype(bool))
     method_cfg = method_cls.config_cls(**cfg.method_params)
     method = method_cls(method_cfg, ctx)
@@ -439,7 +479,9 @@ def _train(cfg: RunConfig, rd: R.RunDir, data: PreparedData, pixels: np.ndarray,
     ctx.on_step = progress.step
     state = None
     if cfg.runtime.resume:
-        ck = torch.load(rd.path(R.CHECKPOINT), map_location="cpu", weights_only=False)
+        from engine.safe_load import torch_load
+
+        ck = torch_load(rd.path(R.CHECKPOINT), what="checkpoint")
         ctx.model.load_state_dict(ck["model"])
         ctx.optimizer.load_state_dict(ck["optimizer"])
         state = FitState.from_dict(ck["fit"])
@@ -462,56 +504,176 @@ def _train(cfg: RunConfig, rd: R.RunDir, data: PreparedData, pixels: np.ndarray,
             "method": method_cls, "method_cfg": method_cfg}
 
 
-def _write_outputs(cfg: RunConfig, rd: R.RunDir, data: PreparedData, result: dict, device, wall: float) -> None:
-    from engine.models import normalisation
+def _estimate(cfg: RunConfig, rd: R.RunDir, data: PreparedData, result: dict, pixels: np.ndarray, device) -> dict:
+    """The label-estimation stage: out-of-sample probabilities (cross-fitting with the run's method), calibrated on
+    the meta set, combined with every expert's votes through their confusion matrices -> posterior (N, K)."""
+    from engine.crossfit import crossfit, fold_schedule
+    from engine.estimate import estimate_labels, review_priority
 
     ctx, state, model = result["ctx"], result["state"], result["model"]
     train_rows, meta_rows, test_rows = result["rows"]
-    classes = data.classes
-    probs = np.zeros((len(data.frame), len(classes)))
-    probs[train_rows] = state.best_soft_labels.numpy()
+    f, classes = data.frame, data.classes
+    n, k = len(f), len(classes)
+    method_probs = np.zeros((n, k))  # the method's own view: its soft labels (training rows), its model elsewhere
+    method_probs[train_rows] = state.best_soft_labels.numpy()
     if len(meta_rows):
-        probs[meta_rows] = ctx.predict(ctx.meta, model).numpy()
+        method_probs[meta_rows] = ctx.predict(ctx.meta, model).numpy()
     if len(test_rows):
-        probs[test_rows] = ctx.predict(ctx.test, model).numpy()
-    scores = None
-    if state.best_flag_scores is not None:  # the method's own ranking for training rows; default rule elsewhere
-        scores = 1.0 - probs[np.arange(len(probs)), np.clip(data.frame["_major_idx"].to_numpy(), 0, None)]
-        # the method's scores (e.g. O2U's normalised loss, unbounded) become percentile ranks in [0, 1], so they
-        # share the scale of 1 - p(majority) used for the other rows while keeping the method's order
-        ranks = pd.Series(state.best_flag_scores).rank(pct=True).to_numpy()
-        scores[train_rows] = ranks
+        method_probs[test_rows] = ctx.predict(ctx.test, model).numpy()
+    prior = method_probs.copy()
+    est = cfg.estimate
+    main_seconds = float(sum(h.get("seconds", 0.0) for h in state.history))
+    info: dict = {"folds": est.folds, "main_training_s": main_seconds}
+    if est.folds >= 2:
+        sch = cfg.schedule
+        fs = fold_schedule(sch.epochs, min(sch.warmup_epochs, sch.epochs), tuple(cfg.milestones()), k=est.folds,
+                           budget=est.fold_budget)
+        done = _load_folds(rd) if cfg.runtime.resume else {}
+        rd.log(f"label estimation: {est.folds}-fold cross-fitting with {cfg.runtime.method}, {fs.epochs} epochs per "
+               f"fold (incl. {fs.warmup_epochs} warm-up)" + (f"; {len(done)} fold(s) kept from before" if done else ""))
+
+        def make_ctx(part_train: TensorData, part_meta: TensorData, fold: int) -> TrainContext:
+            fold_model = _create_model(cfg, k, stream=100 + fold)
+            if cfg.pretrain.pretrain:
+                from engine.models import load_weights
+
+                load_weights(fold_model, rd.path(R.PRETRAIN))
+            fctx = _make_ctx(cfg, fold_model, k, part_train, part_meta, device, epochs=fs.epochs,
+                             warmup_epochs=fs.warmup_epochs, milestones=fs.milestones, seed_offset=1000 * (fold + 1))
+            fctx.on_step = lambda rec, fold=fold: _crossfit_status(rd, rec, fold, est.folds, fs.epochs)
+            return fctx
+
+        def save_fold(fold: int, res: dict) -> None:
+            saved = _load_folds(rd)
+            saved[fold] = res
+            atomic.torch_save(rd.path(R.CROSSFIT), {str(i): {"train": torch.as_tensor(r["train"]),
+                                                             "meta": torch.as_tensor(r["meta"]),
+                                                             "seconds": float(r["seconds"])}
+                                                    for i, r in saved.items()})
+            rd.log(f"cross-fitting fold {fold + 1}/{est.folds} done in {res['seconds']:.1f}s")
+
+        cf = crossfit(make_ctx, result["method"], result["method_cfg"], ctx.train, ctx.meta, k=est.folds,
+                      seed=cfg.runtime.seed, done=done, on_fold=save_fold)
+        prior[train_rows] = cf.train_probs
+        if len(meta_rows):
+            prior[meta_rows] = cf.meta_probs
+        meta_y = f.loc[meta_rows, "_major_idx"].to_numpy()
+        info.update(fold_epochs=fs.epochs, fold_warmup_epochs=fs.warmup_epochs, fold_seconds=cf.seconds,
+                    cost_ratio=(sum(cf.seconds) / main_seconds) if main_seconds else None,
+                    meta_acc_oos=float((cf.meta_probs.argmax(1) == meta_y).mean()) if len(meta_rows) else None)
+    major = f["_major_idx"].to_numpy()
+    known = np.full(n, -1)
+    known[meta_rows] = major[meta_rows]
+    calibrate = est.calibration == "temperature" and est.folds >= 2  # meta probabilities are out-of-sample
+    votes = data.votes if est.experts == "confusion" and data.votes.size else np.full((n, 1), -1)
+    e = estimate_labels(prior, votes, known=known, temperature=None if calibrate else 1.0,
+                        calibration_rows=np.isin(np.arange(n), meta_rows))
+    info.update(temperature=e.temperature, calibrated=calibrate, em_iterations=e.iterations,
+                experts={"mode": est.experts, "confusions": {name: np.round(e.confusions[j], 4).tolist()
+                                                             for j, name in enumerate(_expert_names(cfg, data))}
+                         if est.experts == "confusion" else {}})
+    return {"posterior": e.posterior, "method_probs": method_probs,
+            "priority": review_priority(e.posterior, major, ordinal=data.ordinal), "known": known >= 0, "info": info}
+
+
+def _expert_names(cfg: RunConfig, data: PreparedData) -> list[str]:
+    from engine.data.votes import read_votes
+
+    return list(read_votes(cfg.data.dataset, classes=data.classes, check_images=False).experts)
+
+
+def _load_folds(rd: R.RunDir) -> dict:
+    path = rd.path(R.CROSSFIT)
+    if not path.is_file():
+        return {}
+    from engine.safe_load import torch_load
+
+    raw = torch_load(path, what="cross-fitting checkpoint")
+    return {int(i): {"train": r["train"].numpy(), "meta": r["meta"].numpy(), "seconds": r["seconds"]}
+            for i, r in raw.items()}
+
+
+def _crossfit_status(rd: R.RunDir, rec: dict, fold: int, folds: int, epochs: int) -> None:
+    if rec.get("step", 0) + 1 == rec.get("steps", 1):  # once per epoch is enough for the app
+        rd.write_status("running", stage="crossfit", fold=fold + 1, folds=folds, epoch=rec.get("epoch", 0) + 1,
+                        of=epochs, pid=_pid())
+
+
+def run_warnings(cfg: RunConfig, state: FitState, best: dict, n_flagged: int, expected: float) -> list[dict]:
+    """Events a user must see (codes for the app, words for people): silent fallbacks and doubtful outputs."""
+    out = []
+    if best.get("stage") == "warmup" and cfg.runtime.method not in ("ce",):
+        out.append({"code": "warmup_model_selected",
+                    "message": f"no epoch of {cfg.runtime.method}'s main phase reached the warm-up's meta accuracy, so "
+                               f"the warm-up model (epoch {state.best_epoch + 1}) was kept"})
+    lowered = [h for h in state.history if "alpha_lowered" in h.get("events", [])]
+    if lowered:
+        alpha = lowered[-1].get("alpha")
+        out.append({"code": "alpha_lowered",
+                    "message": f"the look-ahead step broke the model, so its step size α was lowered to {alpha:g} "
+                               f"(epoch {lowered[-1]['epoch'] + 1})"})
+    if expected > 0 and n_flagged > 1.25 * expected + 1:
+        out.append({"code": "queue_exceeds_expected",
+                    "message": f"{n_flagged} images are flagged but only {expected:.0f} wrong majority labels are "
+                               "expected: many images are close calls"})
+    if cfg.estimate.folds < 2:
+        out.append({"code": "no_crossfit",
+                    "message": "cross-fitting is off (--folds 0): the soft labels come from a model that trained on "
+                               "these labels and may echo them"})
+    return out
+
+
+def _write_outputs(cfg: RunConfig, rd: R.RunDir, data: PreparedData, result: dict, device, wall: float) -> None:
+    from engine.models import normalisation
+
+    state, model, estimate = result["state"], result["model"], result["estimate"]
+    train_rows = result["rows"][0]
+    classes = data.classes
     f = data.frame
-    flags = flag_images(probs, f["_major_idx"].to_numpy(), consensus=f[S.CONSENSUS].to_numpy(bool),
-                        tie=f[S.TIE].to_numpy(bool), classes=classes, uncertain=cfg.flags.flag_uncertain,
-                        scores=scores)
+    post = estimate["posterior"]
+    flags = flag_images(post, f["_major_idx"].to_numpy(), consensus=f[S.CONSENSUS].to_numpy(bool),
+                        tie=f[S.TIE].to_numpy(bool), classes=classes, priority=estimate["priority"],
+                        known=estimate["known"])
     labels = pd.DataFrame({S.IMAGE: f[S.IMAGE], S.ROLE: f[S.ROLE], S.VOTES: f[S.VOTES], S.MAJORITY: f[S.MAJORITY],
                            S.CONSENSUS: f[S.CONSENSUS].astype(bool)})
-    for k, c in enumerate(classes):
-        labels[S.prob_col(c)] = probs[:, k].round(6)
+    for j, c in enumerate(classes):
+        labels[S.prob_col(c)] = post[:, j].round(6)
+    for j, c in enumerate(classes):
+        labels[S.method_prob_col(c)] = estimate["method_probs"][:, j].round(6)
     labels = pd.concat([labels, flags], axis=1)[S.labels_columns(classes)]
     atomic.write_csv(rd.path(R.LABELS), labels)
 
     best = next((h for h in state.history if h["epoch"] == state.best_epoch), {})
-    train_labeled = f.loc[train_rows, "_major_idx"].to_numpy() >= 0
-    soft_major = probs[train_rows].argmax(1)[train_labeled] == f.loc[train_rows, "_major_idx"].to_numpy()[train_labeled]
+    major = f["_major_idx"].to_numpy()
+    train_labeled = major[train_rows] >= 0
+    soft_major = post[train_rows].argmax(1)[train_labeled] == major[train_rows][train_labeled]
+    n_flagged = int(flags["flag"].sum())
+    expected = float(flags["flag_score"].sum())
     metrics = {
         "method": cfg.runtime.method,
         "method_params": dataclasses.asdict(result["method_cfg"]),
+        "recipe": cfg.schedule.recipe,
         "classes": classes,
+        "ordinal": data.ordinal,
         "best_epoch": state.best_epoch + 1,
         "selected_stage": best.get("stage"),
         "meta_acc": state.best_meta_acc,
+        "meta_acc_oos": estimate["info"].get("meta_acc_oos"),
         "test_acc": best.get("test_acc"),
         "train_acc_majority": best.get("train_acc_majority"),
         "soft_label_agreement_with_majority": float(soft_major.mean()) if soft_major.size else None,
         "n_images": int(len(f)),
         "n_by_role": {r: int((f[S.ROLE] == r).sum()) for r in S.ROLES},
-        "n_flagged": int(flags["flag"].sum()),
+        "n_flagged": n_flagged,
+        "expected_wrong_majority": expected,
+        "estimator": estimate["info"],
+        "warnings": run_warnings(cfg, state, best, n_flagged, expected),
         "history": state.history,
         "wall_time_s": wall,
         "device": str(device),
-        "note": "model selected by meta-set accuracy; test accuracy is reported only",
+        "note": "model selected by meta-set accuracy; test accuracy is reported only; p:<class> is the label "
+                "estimate (out-of-sample model probabilities calibrated on the meta set, combined with every "
+                "expert's votes), method_p:<class> the method's own soft label",
     }
     atomic.write_json(rd.path(R.METRICS), metrics)
     mean, std = normalisation(model)
@@ -523,5 +685,13 @@ def _write_outputs(cfg: RunConfig, rd: R.RunDir, data: PreparedData, result: dic
         rd.log(f"note: the selected model is the warm-up's last epoch ({state.best_epoch + 1}): no epoch of "
                f"{cfg.runtime.method}'s main phase reached its meta accuracy, so training rows carry the warm-up "
                "model's predictions, not the method's soft labels")
-    rd.log(f"wrote labels.csv ({int(flags['flag'].sum())} flagged), metrics.json (meta acc {state.best_meta_acc:.3f}"
-           + (f", test acc {best['test_acc']:.3f}" if best.get("test_acc") is not None else "") + "), model.pt")
+    info = estimate["info"]
+    if info.get("cost_ratio") is not None:
+        rd.log(f"label estimation: cross-fitting took {sum(info['fold_seconds']):.1f}s = {info['cost_ratio']:.2f}x the "
+               f"main training; temperature {info['temperature']:.2f}; out-of-sample meta accuracy "
+               f"{info['meta_acc_oos']:.3f}")
+    for w in metrics["warnings"]:
+        rd.log(f"warning: {w['message']}")
+    rd.log(f"wrote labels.csv ({n_flagged} flagged, {expected:.1f} wrong majority labels expected), metrics.json "
+           f"(meta acc {state.best_meta_acc:.3f}" + (f", test acc {best['test_acc']:.3f}" if best.get("test_acc")
+                                                      is not None else "") + "), model.pt")

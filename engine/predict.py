@@ -21,8 +21,10 @@ def load_model(path: str | Path) -> tuple[torch.nn.Module, dict]:
         path = path / "model.pt"
     if not path.is_file():
         raise InputError(Problem(str(path), "model.pt not found", "give a finished run folder (state done)"))
+    from engine.safe_load import torch_load
+
     try:
-        blob = torch.load(path, map_location="cpu", weights_only=False)
+        blob = torch_load(path, what="model file")
         model = create_model(blob["backbone"], len(blob["classes"]))
         model.load_state_dict(blob["state_dict"])
     except InputError:

@@ -16,9 +16,37 @@ METRICS = "metrics.json"
 MODEL = "model.pt"
 CHECKPOINT = "checkpoint.pt"  # last complete epoch, for --resume
 PRETRAIN = "pretrain.pt"  # DR-pretraining backbone checkpoint
+CROSSFIT = "crossfit.pt"  # finished folds of the estimation stage, for --resume
 ROLES = "roles.csv"  # image, role as used by this run
 
 STATES = ("queued", "running", "done", "failed", "cancelled")
+ACTIVE_STATES = ("queued", "running")
+
+
+def process_alive(pid: int | None, *, engine_only: bool = True) -> bool:
+    """Whether process `pid` still runs. A zombie is gone; with `engine_only`, so is a pid that the system has
+    recycled for a process that is not `python -m engine` (checked on /proc where there is one)."""
+    import os
+
+    if not pid:
+        return False
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # it exists, owned by someone else
+    proc_dir = Path(f"/proc/{int(pid)}")
+    if proc_dir.exists():
+        try:
+            if (proc_dir / "stat").read_text().split(")")[-1].split()[0] == "Z":
+                return False
+            cmdline = (proc_dir / "cmdline").read_bytes().replace(b"\0", b" ")
+        except OSError:
+            return False
+        if engine_only and b"engine" not in cmdline:
+            return False
+    return True
 
 
 class RunDir:
@@ -35,12 +63,32 @@ class RunDir:
         atomic.write_json(self.path(STATUS), {"state": state, **fields, "updated": time.time()})
 
     def read_status(self) -> dict | None:
+        return self._read_json(STATUS)
+
+    def read_config(self) -> dict | None:
+        """The run's resolved config.json (`RunConfig.to_dict()` + versions, classes, device), or None when it is
+        missing or unreadable. The one reader of config.json: engine (resume, export) and app alike."""
+        return self._read_json(CONFIG)
+
+    def _read_json(self, name: str) -> dict | None:
         import json
 
         try:
-            return json.loads(self.path(STATUS).read_text(encoding="utf-8"))
-        except (FileNotFoundError, ValueError):
+            data = json.loads(self.path(name).read_text(encoding="utf-8"))
+        except (OSError, ValueError):
             return None
+        return data if isinstance(data, dict) else None
+
+    def mark_if_dead(self) -> dict | None:
+        """A run whose status.json still says queued/running but whose process is gone (kill -9, power cut) is
+        marked failed, so every reader sees the truth; returns the new status, or None when nothing changed."""
+        status = self.read_status()
+        if not status or status.get("state") not in ACTIVE_STATES or process_alive(status.get("pid")):
+            return None
+        self.write_status("failed", **{k: v for k, v in status.items() if k not in ("state", "updated", "message")},
+                          message=f"the training process (pid {status.get('pid')}) stopped without finishing "
+                          "(killed or the machine restarted)")
+        return self.read_status()
 
     def progress(self, record: dict) -> None:
         atomic.append_jsonl(self.path(PROGRESS), {"time": time.time(), **record})

@@ -90,5 +90,5 @@ def test_dockerignore_keeps_local_state_out():
     ],
 )
 def test_streamlit_config(section, key, value):
-    config = tomllib.loads((ROOT / ".streamlit" / "config.toml").read_text(encoding="utf-8"))
+    config = tomllib.loads((ROOT / "app" / ".streamlit" / "config.toml").read_text(encoding="utf-8"))
     assert config[section][key] == value

@@ -8,6 +8,7 @@ import pandas as pd
 import streamlit as st
 
 from app.components import thumbs
+from app.plain import md
 
 AGREEMENT = {
     "all images": None,
@@ -20,14 +21,16 @@ AGREEMENT = {
 
 
 def votes_caption(row: dict, experts: list[str], *, extra: str = "") -> str:
-    """Markdown under a thumbnail: file name, majority, each expert's vote (disagreements in orange)."""
+    """Markdown under a thumbnail: file name, majority, each expert's vote (disagreements in orange). Names and
+    classes come from votes.csv and are escaped (`md`); `extra` is Markdown the caller built."""
     majority = row.get("majority") or ""
     graded = [(e, row.get(e, "")) for e in experts if row.get(e, "")]
-    head = f"**{Path(row['image']).name}** · {majority or 'not graded'}"
+    head = f"**{md(Path(row['image']).name)}** · {md(majority) if majority else 'not graded'}"
     if len(graded) > 1 and all(v == majority for _, v in graded):
         votes = f"all {len(graded)} graders agree"
     else:
-        votes = " · ".join(f"{e}: :orange[{v}]" if majority and v != majority else f"{e}: {v}" for e, v in graded)
+        votes = " · ".join(f"{md(e)}: :orange[{md(v)}]" if majority and v != majority else f"{md(e)}: {md(v)}"
+                           for e, v in graded)
     return head + (f"  \n{votes}" if votes else "") + (f"  \n{extra}" if extra else "")
 
 

@@ -140,16 +140,6 @@ def display_name(dataset: Path | str) -> str:
     return f"{name} (SYNTHETIC demo)" if is_demo(dataset) else name
 
 
-def parse_votes(cell: str) -> dict[str, str]:
-    """The `votes` column of labels.csv / aggregate: "expert=class;expert=class" -> {expert: class}."""
-    out: dict[str, str] = {}
-    for part in str(cell or "").split(";"):
-        if "=" in part:
-            expert, cls = part.split("=", 1)
-            out[expert.strip()] = cls.strip()
-    return out
-
-
 def roles_file(dataset: Path | str) -> Path:
     """Where the app writes the dataset's saved meta/test roles (passed to training with --roles)."""
     ds = Path(dataset).resolve()

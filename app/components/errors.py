@@ -9,14 +9,14 @@ import pandas as pd
 import streamlit as st
 
 from app import state
+from app.plain import code, md
 
 
 def problems_frame(err) -> pd.DataFrame:
-    """An InputError's problems as rows (file, row, problem, fix)."""
+    """An InputError's problems as rows (file, row, problem, fix); `row` is text: '14', '2–10001', '' for none."""
     rows = [p.as_dict() for p in getattr(err, "problems", [])]
-    frame = pd.DataFrame(rows, columns=["file", "row", "problem", "fix"])
-    frame["row"] = frame["row"].map(lambda r: "" if r is None or pd.isna(r) else str(int(r)))
-    return frame
+    frame = pd.DataFrame(rows, columns=["file", "rows", "problem", "fix"])
+    return frame.rename(columns={"rows": "row"})
 
 
 def show_problems(err, *, title: str) -> None:
@@ -44,7 +44,7 @@ def guard(action: str) -> Iterator[None]:
     except Exception as exc:  # shown as a message; the traceback goes to the log file only
         state.log.exception("failed to %s", action)
         st.error(
-            f"Could not {action}: {type(exc).__name__}: {exc}\n\n"
-            f"The details are in `{state.workspace() / 'app.log'}`.",
+            f"Could not {action}: {type(exc).__name__}: {md(exc)}\n\n"
+            f"The details are in {code(state.workspace() / 'app.log')}.",
             icon=":material/error:",
         )

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pandas as pd
 import streamlit as st
 
-from app.components import dataset as ds
+from engine.data.aggregate import parse_votes
 
 EXPORT_NAME = "labels_cleaned.csv"  # written into the run folder, next to labels.csv (+ .provenance.json)
 
@@ -24,7 +24,7 @@ def expert_agreement_with_final(frame: pd.DataFrame) -> pd.DataFrame:
     """Per expert: images graded, share of their votes equal to the final label and to the majority."""
     rows: dict[str, dict[str, int]] = {}
     for votes, final, majority in zip(frame["votes"], frame["final_label"], frame["majority"], strict=True):
-        for expert, vote in ds.parse_votes(votes).items():
+        for expert, vote in parse_votes(votes).items():
             r = rows.setdefault(expert, {"graded": 0, "final": 0, "majority": 0})
             r["graded"] += 1
             r["final"] += int(vote == final)

@@ -9,6 +9,7 @@ import pandas as pd
 import streamlit as st
 
 from app import jobs, state
+from app.plain import md
 
 POLL_S = 2
 
@@ -122,7 +123,7 @@ def _pct(x) -> str:
 
 
 def _failure(job: jobs.JobView) -> None:
-    st.error(f"**The run {job.state}.** {job.message}", icon=":material/error:" if job.state == "failed" else ":material/cancel:")
+    st.error(f"**The run {job.state}.** {md(job.message)}", icon=":material/error:" if job.state == "failed" else ":material/cancel:")
     log = jobs.log_tail(job.run_dir)
     console = jobs.log_tail(job.run_dir, console=True)
     if log:
@@ -136,7 +137,7 @@ def _failure(job: jobs.JobView) -> None:
 def _body(key: str, job: jobs.JobView) -> None:
     badge = {"running": ":blue-badge[running]", "queued": ":gray-badge[queued]", "done": ":green-badge[done]",
              "failed": ":red-badge[failed]", "cancelled": ":orange-badge[cancelled]"}.get(job.state, job.state)
-    st.markdown(f"**{job.name}** · {job.method} · {badge}")
+    st.markdown(f"**{md(job.name)}** · {md(job.method)} · {badge}")
     if job.active:
         cancelling = bool((job.record.get("config") or {}).get("cancel_requested"))
         if not job.status:

@@ -16,6 +16,7 @@ from app.components import dataset as ds
 from app.components import thumbs
 from app.components.browser import votes_caption
 from app.components.errors import guard, show_problems
+from app.plain import code, md
 
 MIN_META_PER_CLASS = 5  # below this the meta set says little about a class (the ROP study had >= 30 per class)
 ROP_META, ROP_TEST = 200, 300  # the ROP study's sizes (engine.data.split scales them down for small datasets)
@@ -71,7 +72,7 @@ def size_note(sizes: dict, warnings: list[str]) -> str:
     if sizes.get("scaled"):
         notes.append(f"Scaled down to {target.get('meta')} meta and {target.get('test')} test images: meta + test may "
                      f"use at most 500/622 of the {sizes.get('n_consensus')} consensus images (as in the ROP study).")
-    notes += [w[0].upper() + w[1:] + "." for w in warnings if w]
+    notes += [md(w[0].upper() + w[1:] + ".") for w in warnings if w]
     return "  \n".join(notes)
 
 
@@ -91,13 +92,13 @@ def balance(key: str, table, agg: pd.DataFrame, roles: dict) -> list[str]:
     for cls in table.classes:
         n = int(counts.loc["meta", cls]) if cls in counts.columns else 0
         if n < MIN_META_PER_CLASS:
-            st.warning(f"Class **{cls}** has only {n} meta image{'s' if n != 1 else ''} (fewer than "
+            st.warning(f"Class **{md(cls)}** has only {n} meta image{'s' if n != 1 else ''} (fewer than "
                        f"{MIN_META_PER_CLASS}): the model's soft labels for it will be unreliable. Add some.",
                        icon=":material/warning:")
     rows = [table.row_number(i) for i in range(len(table.frame))]
     problems = patient_straddle_problems(list(table.frame["patient_id"]), list(series), rows, "roles")
     for p in problems:
-        st.warning(f"{p.problem.capitalize()}: give all images of one patient the same set.", icon=":material/group:")
+        st.warning(f"{md(p.problem.capitalize())}: give all images of one patient the same set.", icon=":material/group:")
     if st.session_state.get(f"{key}_note"):
         st.info(st.session_state[f"{key}_note"], icon=":material/info:")
     return problems
@@ -114,7 +115,7 @@ def _toggle(key: str, image: str, target: str, widget_key: str, group: list[str]
     if checked and len(eligible) < len(group):
         others = [g for g in group if g not in eligible]
         st.session_state[f"{key}_refused"] = (
-            f"Not added: the same patient's {', '.join(Path(o).name for o in others)} has no consensus label, and all "
+            f"Not added: the same patient's {md(', '.join(Path(o).name for o in others))} has no consensus label, and all "
             f"images of a patient must be in the same set.")
         return
     for img in group:
@@ -122,7 +123,7 @@ def _toggle(key: str, image: str, target: str, widget_key: str, group: list[str]
         slot["roles"][img] = target if checked else ("train" if current == target else current)
     if len(group) > 1:
         names = ", ".join(Path(g).name for g in group)
-        st.session_state[f"{key}_moved"] = f"Moved the patient's {len(group)} images together: {names}."
+        st.session_state[f"{key}_moved"] = f"Moved the patient's {len(group)} images together: {md(names)}."
     slot["dirty"] = True
 
 
@@ -185,7 +186,7 @@ def editor(key: str, table, agg: pd.DataFrame, roles: dict, version: int, target
 
 
 def save(key: str, dataset: Path, table, roles: dict) -> Path | None:
-    """Write the roles file (engine write_roles), check it (engine read_roles), record it (ReviewStore.save_roles)."""
+    """Write the roles file (engine write_roles), check it (engine read_roles), record it (WorkspaceStore.save_roles)."""
     from engine.data.split import read_roles, write_roles
 
     path = ds.roles_file(dataset)
@@ -232,9 +233,9 @@ def meta_set_editor(*, key: str, dataset: Path) -> None:
             else:
                 with guard("save the roles"):
                     path = save(key, dataset, table, roles)
-                    st.toast(f"Saved to {path.name}", icon=":material/save:")
+                    st.toast(f"Saved to {md(path.name)}", icon=":material/save:")
                     st.rerun()
         if ds.roles_file(dataset).exists():
-            st.caption(f"Roles file: `{ds.roles_file(dataset)}`")
+            st.caption(f"Roles file: {code(ds.roles_file(dataset))}")
     with right:
         editor(key, table, agg, roles, version, target, show, classes)

@@ -9,10 +9,11 @@ import streamlit as st
 from app import state
 from app.components import dataset as ds
 from app.components.errors import guard
+from app.plain import md
 
 
 def _opened(path: Path) -> None:
-    st.toast(f"Opened {ds.display_name(path)}", icon=":material/check_circle:")
+    st.toast(f"Opened {md(ds.display_name(path))}", icon=":material/check_circle:")
     st.rerun()
 
 

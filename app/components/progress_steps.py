@@ -7,6 +7,7 @@ from pathlib import Path
 import streamlit as st
 
 from app import state
+from app.plain import md
 
 
 def _card(number: int, title: str, page: str, done: bool, text: str, *, enabled: bool = True) -> None:
@@ -69,7 +70,7 @@ def run_summary(*, key: str, run: Path | None) -> None:
     store = state.store()
     decided = len(store.current_decisions(run))
     flagged = metrics.get("n_flagged")
-    st.markdown(f"**Run {run.name}** · {metrics.get('method', '')}")
+    st.markdown(f"**Run {md(run.name)}** · {md(metrics.get('method', ''))}")
     cols = st.columns(4)
     meta = metrics.get("meta_acc")
     test = metrics.get("test_acc")

@@ -14,8 +14,10 @@ import pandas as pd
 import streamlit as st
 
 from app import state
-from app.components import dataset as ds
 from app.components import thumbs
+from app.plain import code, md
+from engine.data.aggregate import parse_votes
+from engine.data.schema import parse_bool
 
 # flag_reason is free text from engine/flags.py (parts joined with "; "); these phrases group it for filtering
 REASON_GROUPS = (
@@ -48,7 +50,7 @@ def load_labels(run_dir: Path) -> tuple[pd.DataFrame, list[str]]:
 
 def queue(labels: pd.DataFrame) -> pd.DataFrame:
     """Flagged rows (flag == 1), highest flag_score first (ties keep file order)."""
-    flagged = labels[labels["flag"].str.strip().str.lower().isin(["1", "true", "1.0", "yes"])].copy()
+    flagged = labels[labels["flag"].map(parse_bool).eq(True)].copy()
     flagged["_score"] = pd.to_numeric(flagged["flag_score"], errors="coerce").fillna(0.0)
     flagged["_order"] = range(len(flagged))
     flagged = flagged.sort_values(["_score", "_order"], ascending=[False, True], kind="stable")
@@ -58,13 +60,11 @@ def queue(labels: pd.DataFrame) -> pd.DataFrame:
 
 def dataset_root(run_dir: Path) -> Path | None:
     """The dataset folder a run was trained on (config.json data.dataset), to find the images."""
-    import json
+    from engine.rundir import RunDir
 
-    try:
-        config = json.loads((Path(run_dir) / "config.json").read_text(encoding="utf-8"))
-        root = (config.get("data") or {}).get("dataset")
-    except (OSError, ValueError, AttributeError):
-        root = None
+    config = RunDir(run_dir).read_config() or {}
+    data = config.get("data")
+    root = data.get("dataset") if isinstance(data, dict) else None
     if root:
         return Path(root)
     record = state.store().get_run(run_dir)
@@ -86,11 +86,11 @@ def decide(key: str, run_dir: str, image: str, action: str, new_label: str | Non
                                    action=action, note=note.strip())
     except Exception as exc:  # shown on the page after the rerun; the traceback goes to app.log
         state.log.exception("could not record decision on %s", image)
-        st.session_state[f"{key}_msg"] = ("error", f"The decision was NOT recorded: {exc}")
+        st.session_state[f"{key}_msg"] = ("error", f"The decision was NOT recorded: {md(exc)}")
         return
     state.log.info("decision %s on %s by %s: %s -> %s", action, image, reviewer, old_label, new_label)
-    what = ACTION_TEXT[action] + (f" {new_label}" if action == "choose_class" else "")
-    st.session_state[f"{key}_msg"] = ("ok", f"Saved: you {what} for {Path(image).name}.")
+    what = ACTION_TEXT[action] + (f" {md(new_label)}" if action == "choose_class" else "")
+    st.session_state[f"{key}_msg"] = ("ok", f"Saved: you {what} for {md(Path(image).name)}.")
     st.session_state[f"{key}_note"] = ""
     st.session_state.setdefault(f"{key}_trail", []).append(image)
     st.session_state[f"{key}_current"] = next_image
@@ -141,7 +141,7 @@ def zoomed(png: bytes, zoom: float, fx: float, fy: float) -> bytes:
 def image_view(key: str, path: Path) -> None:
     png = thumbs.full_image(path)
     if png is None:
-        st.error(f"Cannot display `{path.name}`: the file is missing or unreadable.")
+        st.error(f"Cannot display {code(path.name)}: the file is missing or unreadable.")
         return
     zoom = st.select_slider("Zoom", options=[1.0, 1.5, 2.0, 3.0, 4.0], key=f"{key}_zoom",
                             format_func=lambda z: f"{z:g}×")
@@ -154,7 +154,7 @@ def image_view(key: str, path: Path) -> None:
 
 
 def votes_frame(row: dict, majority: str) -> pd.DataFrame:
-    votes = ds.parse_votes(row.get("votes", ""))
+    votes = parse_votes(row.get("votes", ""))
     return pd.DataFrame({"expert": list(votes), "vote": list(votes.values()),
                          "agrees with majority": [v == majority for v in votes.values()]})
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import streamlit as st
 
 from app import state
+from app.plain import code, md
 
 
 def context(*, key: str) -> None:
@@ -16,7 +17,7 @@ def context(*, key: str) -> None:
         if dataset is None:
             st.caption("No dataset open yet.")
         else:
-            st.markdown(f"**Dataset** · {dataset.name}")
+            st.markdown(f"**Dataset** · {md(dataset.name)}")
             if ds.is_demo(dataset):
                 st.caption(":orange-badge[SYNTHETIC demo data]")
             if ds.roles_file(dataset).exists():
@@ -29,6 +30,6 @@ def context(*, key: str) -> None:
             except Exception:
                 state.log.exception("store unavailable")
             job_state = jobs.view(record).state if record else ("done" if (run / "labels.csv").exists() else "?")
-            st.markdown(f"**Run** · {run.name}")
+            st.markdown(f"**Run** · {md(run.name)}")
             st.caption(f"state: {job_state}")
-        st.caption(f"Workspace: `{state.workspace()}`")
+        st.caption(f"Workspace: {code(state.workspace())}")

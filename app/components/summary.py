@@ -5,6 +5,8 @@ from __future__ import annotations
 import pandas as pd
 import streamlit as st
 
+from app.plain import md
+
 
 def _pct(x) -> str:
     return "n/a" if x is None else f"{100 * x:.0f} %"
@@ -18,8 +20,8 @@ def metrics_row(rep: dict) -> None:
     c = rep["counts"]
     cols = st.columns(6)
     cols[0].metric("Images", c["images"], help=f"{c['graded']} graded, {c['unlabeled']} nobody graded")
-    cols[1].metric("Classes", len(rep["classes"]), help="in severity order: " + ", ".join(rep["classes"]))
-    cols[2].metric("Graders", c["experts"], help=", ".join(rep["experts"]))
+    cols[1].metric("Classes", len(rep["classes"]), help="in severity order: " + ", ".join(map(md, rep["classes"])))
+    cols[2].metric("Graders", c["experts"], help=", ".join(map(md, rep["experts"])))
     cols[3].metric("Unanimity rate", _pct(rep["unanimity_rate"]),
                    help=f"{c['consensus']} of {c['graded']} graded images: at least two graders, all agreeing")
     cols[4].metric("Fleiss' κ", _num(rep["kappa"]["fleiss"]),
@@ -68,7 +70,7 @@ def warnings_list(rep: dict) -> None:
     if not rep["warnings"]:
         st.success("No warnings: the dataset looks consistent.", icon=":material/check_circle:")
     for w in rep["warnings"]:
-        st.warning(w, icon=":material/warning:")
+        st.warning(md(w), icon=":material/warning:")
 
 
 def class_order(*, key: str, dataset, classes: list[str]) -> None:
@@ -77,7 +79,7 @@ def class_order(*, key: str, dataset, classes: list[str]) -> None:
     from app.components.errors import guard
 
     c1, c2 = st.columns([5, 1], vertical_alignment="center")
-    c1.caption("Class order, least to most severe: **" + " → ".join(classes) + "**. A tied vote goes to the more "
+    c1.caption("Class order, least to most severe: **" + " → ".join(map(md, classes)) + "**. A tied vote goes to the more "
                "severe class (the clinically cautious choice), and the image is flagged for review.")
     with c2.popover("Change order", icon=":material/swap_vert:"):
         with st.form(f"{key}_form", border=False):

@@ -10,7 +10,7 @@ import json
 import math
 import subprocess
 import sys
-from typing import Any, get_type_hints
+from typing import Any, get_args, get_type_hints
 
 import streamlit as st
 
@@ -72,11 +72,20 @@ def _groups() -> dict[str, type]:
 
 
 def _field(group: str, name: str) -> tuple[type, Any, str]:
+    """(type, default shown on the form, help). Options left unset (None) show the scratch recipe's value: the form
+    sends an option only when it differs from that, so a run started from weights keeps its own recipe."""
+    from engine.config import RECIPES
+
     cls = _groups()[group]
     f = next(f for f in dataclasses.fields(cls) if f.name == name)
     default = f.default if f.default is not dataclasses.MISSING else (
         f.default_factory() if f.default_factory is not dataclasses.MISSING else "")
-    return get_type_hints(cls)[name], default, f.metadata.get("help", "")
+    tp = get_type_hints(cls)[name]
+    if type(None) in get_args(tp):
+        tp = next(a for a in get_args(tp) if a is not type(None))
+        if default is None:
+            default = RECIPES["scratch"].get(name, "")
+    return tp, default, f.metadata.get("help", "")
 
 
 def _exists(group: str, name: str) -> bool:

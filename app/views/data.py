@@ -8,6 +8,7 @@ from app.components import summary
 from app.components.browser import image_browser
 from app.components.errors import guard
 from app.components.picker import dataset_picker
+from app.plain import code, md
 
 st.title("Data")
 dataset = state.dataset()
@@ -22,8 +23,8 @@ if dataset is None:
             icon=":material/arrow_upward:")
     st.stop()
 
-st.subheader(ds.display_name(dataset))
-st.caption(f"`{dataset}`")
+st.subheader(md(ds.display_name(dataset)))
+st.caption(code(dataset))
 if ds.is_demo(dataset):
     st.warning("**SYNTHETIC demo data.** These images and votes are simulated to show how the tool works; "
                "they are not real patients and support no clinical conclusion.", icon=":material/science:")

@@ -6,6 +6,7 @@ from app import state
 from app.components import export_view
 from app.components.errors import guard
 from app.components.run_picker import run_picker
+from app.plain import code
 
 st.title("Export")
 st.caption("Final label per image: a reviewer's decision where there is one, else the experts' consensus, else "
@@ -40,7 +41,7 @@ with guard("prepare the export"):
                 st.warning("Decisions were made after this file was written: export again to include them.",
                            icon=":material/update:")
         if out.exists():
-            st.success(f"Written to `{out}` with its provenance `{provenance_path(out).name}` "
+            st.success(f"Written to {code(out)} with its provenance {code(provenance_path(out).name)} "
                        "(run, method, rule, counts, checksums).", icon=":material/task_alt:")
     if out.exists():
         st.download_button("Download the CSV", data=out.read_bytes(), file_name=f"{run.name}-{out.name}",

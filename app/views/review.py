@@ -9,6 +9,9 @@ from app import state
 from app.components import review as rv
 from app.components.errors import guard
 from app.components.run_picker import run_picker
+from app.plain import md
+from engine.data.aggregate import parse_votes
+from engine.data.schema import parse_bool
 
 K = "rv"  # this page's session-state prefix
 
@@ -40,7 +43,7 @@ with guard("load the run's labels"):
     with top_l:
         st.progress(n_done / n_total if n_total else 1.0, text=f"**{n_done} of {n_total} reviewed**")
     with top_r:
-        st.caption(f"Reviewing as **{reviewer}**")
+        st.caption(f"Reviewing as **{md(reviewer)}**")
         if st.button("Not you?", key="rv_change_name", type="tertiary"):
             st.session_state.pop(state.REVIEWER, None)
             st.rerun()
@@ -51,7 +54,7 @@ with guard("load the run's labels"):
         st.success("No image of this run is flagged: the model agrees with the experts everywhere.", icon=":material/celebration:")
         st.stop()
 
-    experts = sorted({e for v in q["votes"] for e in rv.ds.parse_votes(v)})
+    experts = sorted({e for v in q["votes"] for e in parse_votes(v)})
     f1, f2, f3, f4 = st.columns([2.4, 1.8, 1.5, 1.2])
     show = f1.segmented_control("Show", ["to review", "skipped", "reviewed", "all"], default="to review",
                                 key=f"{K}_f_show", width="stretch") or "to review"
@@ -71,7 +74,7 @@ with guard("load the run's labels"):
     if cls_filter:
         view = view[view["majority"].isin(cls_filter) | view["suggested"].isin(cls_filter)]
     if expert != "any expert":
-        view = view[view["votes"].map(lambda v: expert in rv.ds.parse_votes(v))]
+        view = view[view["votes"].map(lambda v: expert in parse_votes(v))]
     order = list(view["image"])
 
     wanted = st.session_state.get(f"{K}_current")
@@ -100,14 +103,14 @@ with guard("load the run's labels"):
             rv.image_view(K, (root / row["image"]) if root else Path(row["image"]))
         with right:
             where = f"{pos + 1} of {len(order)} in this list" if pos >= 0 else "not in the filtered list"
-            st.markdown(f"#### {Path(row['image']).name}")
+            st.markdown(f"#### {md(Path(row['image']).name)}")
             st.caption(f"{where} · flag score {float(row['_score']):.2f}")
             for reason in [p.strip() for p in row["flag_reason"].split(";") if p.strip()]:
-                st.warning(reason, icon=":material/flag:")
+                st.warning(md(reason), icon=":material/flag:")
             majority = row["majority"]
-            st.markdown(f"Majority vote: **{majority or '—'}**"
-                        + (" · unanimous" if rv.ds.parse_votes(row["votes"]) and row["consensus"].lower()
-                           in ("1", "true") else ""))
+            st.markdown(f"Majority vote: **{md(majority or '—')}**"
+                        + (" · unanimous" if parse_votes(row["votes"]) and parse_bool(row["consensus"])
+                           else ""))
             st.dataframe(rv.votes_frame(row, majority), hide_index=True, width="stretch",
                          column_config={"agrees with majority": st.column_config.CheckboxColumn()})
             rv.soft_label_chart(row, classes)
@@ -116,26 +119,26 @@ with guard("load the run's labels"):
                 conf = f" (confidence {float(row['confidence']):.2f})"
             except ValueError:
                 conf = ""
-            st.markdown(f"Model suggests: **{suggestion or '—'}**{conf}")
+            st.markdown(f"Model suggests: **{md(suggestion or '—')}**{conf}")
             decided = current.get(wanted)
             if decided is not None:
                 when = str(decided["decided_at"])[:16].replace("T", " ")
-                st.info(f"Current decision: **{decided['new_label']}** by {decided['reviewer']} ({when} UTC, "
+                st.info(f"Current decision: **{md(decided['new_label'])}** by {md(decided['reviewer'])} ({when} UTC, "
                         f"{rv.ACTION_TEXT[decided['action']]}). A new action replaces it; the old one stays in "
                         "the history.", icon=":material/history:")
             old_label = decided["new_label"] if decided is not None else (majority or None)
 
             st.text_input("Note (optional, saved with your next action)", key=f"{K}_note")
-            st.button(f"Accept suggestion: {suggestion}  [A]", key=f"{K}_accept", type="primary", width="stretch",
+            st.button(f"Accept suggestion: {md(suggestion)}  [A]", key=f"{K}_accept", type="primary", width="stretch",
                       disabled=not suggestion, on_click=rv.decide,
                       args=(K, str(run), wanted, "accept_suggestion", suggestion, old_label, next_image))
-            st.button(f"Keep majority: {majority}  [M]", key=f"{K}_majority", width="stretch",
+            st.button(f"Keep majority: {md(majority)}  [M]", key=f"{K}_majority", width="stretch",
                       disabled=not majority, on_click=rv.decide,
                       args=(K, str(run), wanted, "keep_majority", majority, old_label, next_image))
             st.caption("Or choose the class yourself:")
             ccols = st.columns(len(classes))
             for i, (col, c) in enumerate(zip(ccols, classes, strict=True)):
-                col.button(f"{c}  [{i + 1}]" if i < 9 else c, key=f"{K}_class_{i}", width="stretch",
+                col.button(f"{md(c)}  [{i + 1}]" if i < 9 else md(c), key=f"{K}_class_{i}", width="stretch",
                            on_click=rv.decide, args=(K, str(run), wanted, "choose_class", c, old_label, next_image))
             n1, n2, n3 = st.columns(3)
             n1.button("← Previous", key=f"{K}_prev", width="stretch", disabled=not trail and prev_in_list is None,

@@ -9,6 +9,7 @@ from app.components import dataset as ds
 from app.components.errors import guard
 from app.components.job_panel import live_panel, runs_table
 from app.components.train_form import methods_info, train_form
+from app.plain import md
 
 # the Makefile's `make demo` settings: small images and few epochs, so the demo trains in minutes on a CPU
 DEMO_DEFAULTS = {("data", "image_size"): 64, ("schedule", "epochs"): 12, ("schedule", "warmup_epochs"): 4,
@@ -21,7 +22,7 @@ if dataset is None:
     st.page_link("views/data.py", label="Go to Data", icon=":material/arrow_forward:")
     st.stop()
 
-st.caption(f"Dataset: **{ds.display_name(dataset)}**. Training runs in the background as its own process: you can "
+st.caption(f"Dataset: **{md(ds.display_name(dataset))}**. Training runs in the background as its own process: you can "
            "leave this page, refresh it or restart the app; the run goes on and is found again.")
 
 roles_path = ds.roles_file(dataset)

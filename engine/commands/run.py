@@ -9,8 +9,8 @@ from engine.errors import InputError, Problem
 
 HELP = "train: DR pretraining -> warm-up -> label-noise method; writes soft labels, flags, metrics and a model"
 
-_TITLES = {"data": "data", "model": "model", "schedule": "schedule (ROP-study defaults)",
-           "pretrain": "DR pretraining", "flags": "flags", "runtime": "run"}
+_TITLES = {"data": "data", "model": "model", "schedule": "schedule (unset options come from the recipe)",
+           "pretrain": "DR pretraining", "estimate": "label estimation", "runtime": "run"}
 
 
 def add_parser(p) -> None:

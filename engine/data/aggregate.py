@@ -78,14 +78,21 @@ class MajorityVote:
         self.probas_ = probas
         return self
 
-    def fit_predict(self, votes: np.ndarray, n_classes: int) -> np.ndarray:
-        """fit, then return `labels_` (N,)."""
-        return self.fit(votes, n_classes).labels_
-
 
 def format_votes(experts: list[str], grades: list[str]) -> str:
     """'expert=class;expert=class' over graded experts (grade != ''), in expert column order."""
     return ";".join(f"{e}={g}" for e, g in zip(experts, grades, strict=True) if g)
+
+
+def parse_votes(cell: str) -> dict[str, str]:
+    """The inverse of `format_votes`: the `votes` cell of labels.csv / aggregate -> {expert: class}, in order.
+    (Expert names cannot hold '=' or ';' and class names no ';': read_votes refuses them.)"""
+    out: dict[str, str] = {}
+    for part in str(cell or "").split(";"):
+        if "=" in part:
+            expert, cls = part.split("=", 1)
+            out[expert.strip()] = cls.strip()
+    return out
 
 
 def aggregate(table: VoteTable, *, tie_break: str = "severe") -> pd.DataFrame:
@@ -234,17 +241,6 @@ def expert_agreement(table: VoteTable) -> pd.DataFrame:
         warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN row -> NaN
         kappa_mean = np.nanmean(off, axis=1) if len(off) else np.zeros(0)
     return pd.DataFrame({"expert": list(table.experts), **stats, "kappa_mean": kappa_mean})
-
-
-def expert_confusion(table: VoteTable) -> dict[str, pd.DataFrame]:
-    """Per expert a (K, K) DataFrame: rows = majority class, columns = the expert's grade."""
-    conf = confusion_vs_majority(table.votes_matrix(), table.n_classes)
-    return {
-        e: pd.DataFrame(
-            conf[j], index=pd.Index(table.classes, name="majority"), columns=pd.Index(table.classes, name=e)
-        )
-        for j, e in enumerate(table.experts)
-    }
 
 
 def _check_votes(votes: np.ndarray, n_classes: int) -> np.ndarray:

@@ -37,7 +37,7 @@ STAT_INDEX = "stat-index.json"
 
 
 def file_sha256(path: os.PathLike | str) -> str:
-    """Hex sha256 of a file's bytes."""
+    """Hex sha256 of a file's bytes (the one file hash of the engine: cache keys, export provenance)."""
     with open(path, "rb") as fh:
         return hashlib.file_digest(fh, "sha256").hexdigest()
 

@@ -5,7 +5,10 @@ PNG/JPEG/TIFF/BMP go through Pillow, DICOM through the one adapter in `engine/da
 
 from __future__ import annotations
 
+import math
 import os
+import re
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -29,20 +32,21 @@ class ImageReadError(ValueError):
         super().__init__(f"{self.path}: {reason}")
 
 
+DICOM_HEAD_BYTES = 132  # a 128-byte preamble, then "DICM" (DICOM Part 10)
+
+
+def is_dicom_head(head: bytes) -> bool:
+    """True when `head` (a file's first DICOM_HEAD_BYTES bytes or more) carries the DICOM 'DICM' marker."""
+    return len(head) >= DICOM_HEAD_BYTES and head[128:DICOM_HEAD_BYTES] == b"DICM"
+
+
 def has_dicom_marker(path: Path) -> bool:
     """True when the file carries the DICOM 'DICM' marker at byte 128 (the Part 10 preamble)."""
     try:
         with open(path, "rb") as fh:
-            head = fh.read(132)
+            return is_dicom_head(fh.read(DICOM_HEAD_BYTES))
     except OSError:
         return False
-    return len(head) == 132 and head[128:132] == b"DICM"
-
-
-def is_dicom(path: os.PathLike | str) -> bool:
-    """True for a .dcm/.dicom file or any file with the DICOM 'DICM' marker at byte 128."""
-    path = Path(path)
-    return path.suffix.lower() in DICOM_EXTENSIONS or has_dicom_marker(path)
 
 
 def is_image_file(path: os.PathLike | str) -> bool:
@@ -77,13 +81,27 @@ def pil_to_rgb(im: Image.Image) -> np.ndarray:
     return np.asarray(im.convert("RGB"), dtype=np.uint8).copy()
 
 
+def too_large_reason(err: Exception) -> str:
+    """The reason for an image above Pillow's decompression-bomb limit, with its size when Pillow names it."""
+    limit = Image.MAX_IMAGE_PIXELS or 0
+    found = re.search(r"\((\d+) pixels\)", str(err))
+    size = f" ({int(found.group(1)) / 1e6:.1f} megapixels)" if found else ""
+    return (f"image is too large{size}: the limit is {limit / 1e6:.1f} megapixels (about {math.isqrt(limit)} × "
+            f"{math.isqrt(limit)} px, Pillow's guard against decompression bombs); downscale it")
+
+
 def _load_pil(path: Path) -> np.ndarray:
     try:
-        with Image.open(path) as im:
-            im.load()  # full decode: truncated files fail here, not later in training
-            im = ImageOps.exif_transpose(im)  # phone/camera JPEGs stored rotated
-            return pil_to_rgb(im)
-    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as err:
+        with warnings.catch_warnings():
+            # Pillow only warns between its limit and twice the limit: refuse both, the same way
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(path) as im:
+                im.load()  # full decode: truncated files fail here, not later in training
+                im = ImageOps.exif_transpose(im)  # phone/camera JPEGs stored rotated
+                return pil_to_rgb(im)
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as err:
+        raise ImageReadError(path, too_large_reason(err)) from None
+    except (OSError, SyntaxError, ValueError) as err:
         raise ImageReadError(path, "not a readable image (truncated or corrupt?)") from err
 
 

@@ -22,8 +22,11 @@ PROB_PREFIX = "p:"  # p:<class> soft-label / probability columns
 SUGGESTED = "suggested"
 CONFIDENCE = "confidence"
 FLAG = "flag"
-FLAG_REASON = "flag_reason"
-FLAG_SCORE = "flag_score"
+FLAG_CODE = "flag_code"  # ';'-joined machine-readable reasons (engine.flags.FLAG_CODES), the first is the primary
+FLAG_REASON = "flag_reason"  # the same reasons in words, for people (never parsed)
+FLAG_SCORE = "flag_score"  # P(the majority label is wrong)
+PRIORITY = "priority"  # review order, higher first (expected severity distance on an ordinal scale)
+METHOD_PROB_PREFIX = "method_p:"  # method_p:<class>: the method's own soft label / its model's prediction
 
 # export (cleaned labels)
 FINAL_LABEL = "final_label"
@@ -35,8 +38,19 @@ REVIEWED_AT = "reviewed_at"
 # predict
 PREDICTED = "predicted"
 
+# true/false as text (labels.csv `consensus`/`flag` cells, command-line and YAML options)
+TRUE_TEXT = ("1", "1.0", "true", "yes", "on")
+FALSE_TEXT = ("0", "0.0", "false", "no", "off")
+
+
+def parse_bool(text) -> bool | None:
+    """True/False for the spellings above (any case, spaces ignored), None for anything else."""
+    value = str(text).strip().lower()
+    return True if value in TRUE_TEXT else False if value in FALSE_TEXT else None
+
+
 LABELS_COLUMNS_HEAD = (IMAGE, ROLE, VOTES, MAJORITY, CONSENSUS)
-LABELS_COLUMNS_TAIL = (SUGGESTED, CONFIDENCE, FLAG, FLAG_REASON, FLAG_SCORE)
+LABELS_COLUMNS_TAIL = (SUGGESTED, CONFIDENCE, FLAG, FLAG_CODE, FLAG_REASON, FLAG_SCORE, PRIORITY)
 
 
 def prob_col(cls: str) -> str:
@@ -47,8 +61,12 @@ def prob_cols(classes) -> list[str]:
     return [prob_col(c) for c in classes]
 
 
+def method_prob_col(cls: str) -> str:
+    return f"{METHOD_PROB_PREFIX}{cls}"
+
+
 def labels_columns(classes) -> list[str]:
-    return [*LABELS_COLUMNS_HEAD, *prob_cols(classes), *LABELS_COLUMNS_TAIL]
+    return [*LABELS_COLUMNS_HEAD, *prob_cols(classes), *LABELS_COLUMNS_TAIL, *(method_prob_col(c) for c in classes)]
 
 
 def export_columns(classes) -> list[str]:

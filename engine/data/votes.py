@@ -21,8 +21,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from engine.csv_cells import restore
 from engine.data import schema as S
-from engine.errors import InputError, Problem, Warning_
+from engine.errors import InputError, Problem, Warning_, rows_text
 
 VOTES_FILE = "votes.csv"
 UTF8_BOM = b"\xef\xbb\xbf"
@@ -117,16 +118,6 @@ def parse_classes(classes: str | Sequence[str] | None, problems: list[Problem] |
     return items
 
 
-def rows_text(rows: Sequence[int], limit: int = 8) -> str:
-    """'row 3' / 'rows 3, 5, 9 and 12 more' for messages."""
-    rows = list(rows)
-    if len(rows) == 1:
-        return f"row {rows[0]}"
-    shown = ", ".join(str(r) for r in rows[:limit])
-    more = f" and {len(rows) - limit} more" if len(rows) > limit else ""
-    return f"rows {shown}{more}"
-
-
 def read_csv_text(path: Path, problems: list[Problem], warnings: list[Warning_]) -> str | None:
     """The file decoded as UTF-8 (a UTF-8 BOM stripped, with a warning), or None after adding a Problem."""
     name = str(path)
@@ -192,6 +183,8 @@ def parse_csv(text: str, name: str, problems: list[Problem]) -> tuple[list[str],
             Problem(name, "is empty (no header line)", fix="the first line must name the columns, e.g. image,dr_a,dr_b")
         )
         return [], []
+    # a CSV this tool wrote (a roles file) has formula-like cells neutralised with a leading "'": undo that
+    records = [[restore(f) for f in rec] for rec in records]
     header = [h.strip() for h in records[0]]
     return header, [(i, rec) for i, rec in enumerate(records[1:], start=1)]
 
@@ -208,8 +201,9 @@ def image_key(rel: str) -> str:
 
 
 def duplicate_image_problem(name: str, rel: str, first_row: int, row: int, fix: str = "keep one row per image"):
-    """The problem for an image listed a second time in a CSV (votes.csv or a roles file)."""
-    return Problem(name, f"image '{rel}' is listed twice (also row {first_row})", fix=fix, row=row)
+    """The problem for an image listed again in a CSV (votes.csv or a roles file). The text names the first row
+    only, so an image listed in many rows groups into one problem naming them all (`group_problems`)."""
+    return Problem(name, f"image '{rel}' is listed again (first at row {first_row})", fix=fix, row=row)
 
 
 def path_problem(root: Path, rel: str) -> str | None:
@@ -481,6 +475,7 @@ def read_votes(
             if c not in class_rows:
                 warnings.append(Warning_(name, f"class '{c}' is in --classes but no expert used it"))
     else:
+        problems.extend(_case_variant_problems(class_rows, name))
         class_list = default_class_order(class_rows)
         if out_rows and experts and not class_list:
             problems.append(
@@ -507,10 +502,45 @@ def read_votes(
     if problems:
         raise InputError(problems)
 
+    if S.PATIENT_ID in columns:
+        no_patient = [n for r, n in zip(out_rows, row_numbers, strict=True) if not r[S.PATIENT_ID]]
+        if no_patient:
+            k = len(no_patient)
+            warnings.append(
+                Warning_(
+                    name,
+                    f"{k} image{'s have' if k > 1 else ' has'} an empty patient_id ({rows_text(no_patient)}): each "
+                    "counts as a patient of its own, so it can land in another set (meta/test/train) than the same "
+                    "patient's other images; fill in patient_id",
+                )
+            )
     frame = pd.DataFrame(out_rows, columns=[*S.RESERVED_INPUT_COLUMNS, *experts], dtype=str)
     table = VoteTable(root=root, frame=frame, experts=experts, classes=class_list, warnings=warnings, rows=row_numbers)
     warnings.extend(_data_warnings(table))
     return table
+
+
+def _case_variant_problems(class_rows: dict[str, list[int]], name: str) -> list[Problem]:
+    """One Problem per set of class values that differ only in upper/lower case ('Plus' and 'plus'): without
+    --classes they would silently become separate classes."""
+    by_lower: dict[str, list[str]] = {}
+    for value in class_rows:
+        by_lower.setdefault(value.lower(), []).append(value)
+    out = []
+    for variants in by_lower.values():
+        if len(variants) > 1:
+            spelled = " and ".join(f"'{v}' ({rows_text(class_rows[v])})" for v in sorted(variants))
+            out.append(
+                Problem(
+                    name,
+                    f"class values {spelled} differ only in upper/lower case and would become "
+                    f"{len(variants)} different classes",
+                    fix="write the class the same way in every cell, or pass --classes with the spelling to use "
+                    "(then the other spellings are reported row by row)",
+                    row=min(class_rows[v][0] for v in variants),
+                )
+            )
+    return out
 
 
 def patient_straddle_problems(

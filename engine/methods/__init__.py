@@ -11,7 +11,7 @@ import importlib
 
 from engine.methods.base import Method, register, registry
 
-_MODULES = ("ce", "mslg", "metalabelnet", "mlc", "o2u", "apl", "o2u_apl")
+_MODULES = ("ce", "meta_finetune", "mslg", "metalabelnet", "mlc", "o2u", "apl", "o2u_apl")
 
 
 def _load() -> None:

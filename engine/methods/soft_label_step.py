@@ -103,6 +103,7 @@ class LookaheadCheck:
         """{"alpha": α now} plus a note for the run log when this epoch lowered α (`flag`: the CLI option)."""
         out: dict = {"alpha": self.alpha}
         if self.backoffs > backoffs_before:
+            out["events"] = ["alpha_lowered"]
             out["notes"] = [f"the look-ahead step broke the model (its meta loss rose more than {self.max_ratio:g}× "
                             f"above the current one), so α was lowered to {self.alpha:g}; set {flag} to choose it"]
         return out

@@ -8,6 +8,7 @@ drawn from a generator seeded by (seed, epoch), so a resumed run sees exactly th
 from __future__ import annotations
 
 import contextlib
+import math
 import random
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -70,6 +71,7 @@ class TrainContext:
     warmup_epochs: int = 10
     lr: float = 1e-3
     milestones: tuple[int, ...] = (10, 20)
+    lr_schedule: str = "step"  # step: ÷10 at each milestone; cosine: lr·(1 + cos(π·epoch/epochs))/2
     momentum: float = 0.9
     weight_decay: float = 1e-4
     amp: bool = True
@@ -99,7 +101,10 @@ class TrainContext:
                                weight_decay=self.weight_decay)
 
     def lr_at(self, epoch: int) -> float:
-        """Step schedule: divide by 10 at each milestone (ROP study: 1e-3 -> 1e-4 -> 1e-5 at epochs 10, 20)."""
+        """Step schedule: divide by 10 at each milestone (ROP study: 1e-3 -> 1e-4 -> 1e-5 at epochs 10, 20);
+        cosine: half a cosine from lr at epoch 0 towards 0 at `epochs` (per epoch, the scratch recipe)."""
+        if self.lr_schedule == "cosine":
+            return self.lr * 0.5 * (1.0 + math.cos(math.pi * epoch / max(self.epochs, 1)))
         return self.lr * (0.1 ** sum(epoch >= m for m in self.milestones))
 
     def set_lr(self, epoch: int, optimizer: torch.optim.Optimizer | None = None) -> float:

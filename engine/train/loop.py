@@ -35,11 +35,32 @@ class FitState:
     started: bool = False  # method.start() has run
 
     def to_dict(self) -> dict:
-        return dict(self.__dict__)
+        """Tensors and plain Python values only, so a checkpoint loads with `torch.load(weights_only=True)`."""
+        d = dict(self.__dict__)
+        if self.best_flag_scores is not None:
+            d["best_flag_scores"] = torch.as_tensor(np.asarray(self.best_flag_scores, dtype=np.float64))
+        d["history"] = [_plain(record) for record in self.history]
+        return d
 
     @classmethod
     def from_dict(cls, d: dict) -> FitState:
+        scores = d.get("best_flag_scores")
+        if isinstance(scores, torch.Tensor):
+            d = {**d, "best_flag_scores": scores.numpy()}
         return cls(**d)
+
+
+def _plain(value):
+    """numpy scalars and arrays inside nested dicts/lists -> Python numbers and lists (tensors are kept)."""
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return type(value)(_plain(v) for v in value)
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    if isinstance(value, np.generic):
+        return value.item()
+    return value
 
 
 def _cpu_state(model: torch.nn.Module) -> dict:

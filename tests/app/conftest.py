@@ -54,7 +54,7 @@ def demo(workspace, demo_src, monkeypatch) -> Path:
 def make_fake_run(run_dir: Path, dataset: Path, *, method: str = "mslg", seed: int = 0) -> Path:
     """A finished run folder in the contract's shape, with plausible soft labels (no training)."""
     from engine.data.aggregate import aggregate
-    from engine.data.schema import labels_columns, prob_col
+    from engine.data.schema import labels_columns, method_prob_col, prob_col
     from engine.data.votes import read_votes
     from engine.flags import flag_images
 
@@ -73,7 +73,9 @@ def make_fake_run(run_dir: Path, dataset: Path, *, method: str = "mslg", seed: i
         "image": agg["image"], "role": roles, "votes": agg["votes"], "majority": agg["majority"],
         "consensus": agg["consensus"].astype(int),
         **{prob_col(c): probs[:, j].round(4) for j, c in enumerate(CLASSES)},
-        **{c: flags[c] for c in ("suggested", "confidence", "flag", "flag_reason", "flag_score")},
+        **{c: flags[c] for c in ("suggested", "confidence", "flag", "flag_code", "flag_reason", "flag_score",
+                                 "priority")},
+        **{method_prob_col(c): probs[:, j].round(4) for j, c in enumerate(CLASSES)},
     })[labels_columns(CLASSES)]
     run_dir.mkdir(parents=True)
     frame.to_csv(run_dir / "labels.csv", index=False)
@@ -101,10 +103,10 @@ def make_fake_run(run_dir: Path, dataset: Path, *, method: str = "mslg", seed: i
 @pytest.fixture
 def fake_run(workspace, demo, monkeypatch) -> Path:
     """A finished run registered in the workspace store and selected (ROP_RUN)."""
-    from engine.review import ReviewStore
+    from engine.store import WorkspaceStore
 
     run_dir = make_fake_run(workspace / "runs" / "20250101-000000-mslg", demo)
-    with ReviewStore(workspace / "review.db") as store:
+    with WorkspaceStore(workspace / "review.db") as store:
         store.register_run(run_dir, dataset=demo, method="mslg", state="done", pid=None)
     monkeypatch.setenv("ROP_RUN", str(run_dir))
     return run_dir

@@ -6,7 +6,7 @@ import pandas as pd
 
 from app.components.export_view import EXPORT_NAME, change_table, expert_agreement_with_final
 from engine.data.schema import export_columns
-from engine.review import ReviewStore
+from engine.store import WorkspaceStore
 
 CLASSES = ["normal", "pre-plus", "plus"]
 
@@ -15,7 +15,7 @@ def test_export_writes_contract_columns_with_the_review_decision(at, fake_run, w
     labels = pd.read_csv(fake_run / "labels.csv", keep_default_na=False)
     flagged = labels[labels["flag"] == 1].iloc[0]
     other = next(c for c in CLASSES if c != flagged["majority"])
-    with ReviewStore(workspace / "review.db") as store:
+    with WorkspaceStore(workspace / "review.db") as store:
         store.add_decision(fake_run, flagged["image"], reviewer="Dr Test", new_label=other,
                            old_label=flagged["majority"], action="choose_class", note="checked")
 

@@ -7,7 +7,7 @@ import pandas as pd
 from engine.data.aggregate import aggregate
 from engine.data.split import read_roles
 from engine.data.votes import read_votes
-from engine.review import ReviewStore
+from engine.store import WorkspaceStore
 
 CLASSES = ["normal", "pre-plus", "plus"]
 
@@ -53,7 +53,7 @@ def test_propose_then_edit_changes_roles_and_save_writes_them(at, demo, workspac
     assert len(files) == 1
     saved = read_roles(files[0], table)  # the engine accepts it, as `--roles` will
     assert saved[table.frame["image"] == image].iloc[0] == "train"
-    with ReviewStore(workspace / "review.db") as store:
+    with WorkspaceStore(workspace / "review.db") as store:
         assert store.load_roles(demo)[image] == "train"
     assert at.session_state["meta_roles"]["source"] == "saved"
 

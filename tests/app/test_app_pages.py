@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import pytest
 
+from tests.app.texts import unescape
+
 PAGES = ["views/overview.py", "views/data.py", "views/meta.py", "views/train.py", "views/review.py",
          "views/export.py"]
 
@@ -11,7 +13,7 @@ PAGES = ["views/overview.py", "views/data.py", "views/meta.py", "views/train.py"
 def _texts(at) -> str:
     parts = [e.value for kind in ("markdown", "caption", "info", "warning", "success", "error", "title", "subheader")
              for e in getattr(at, kind)]
-    return "\n".join(str(p) for p in parts)
+    return "\n".join(unescape(str(p)) for p in parts)
 
 
 @pytest.mark.parametrize("page", PAGES)

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pandas as pd
 
-from engine.review import ReviewStore
+from engine.store import WorkspaceStore
+from tests.app.texts import unescape
 
 
 def _start(at, name: str = "Dr Test"):
@@ -22,7 +23,7 @@ def _progress(at) -> str:
 
 
 def _rows(workspace, run) -> pd.DataFrame:
-    with ReviewStore(workspace / "review.db") as store:
+    with WorkspaceStore(workspace / "review.db") as store:
         return store.history(run)
 
 
@@ -46,7 +47,7 @@ def test_queue_starts_with_the_highest_flag_score(at, fake_run):
     _start(at)
     top = _flagged(fake_run).iloc[0]["image"]
     assert at.session_state.get("rv_current") in (None, top)
-    assert any(top.split("/")[-1] in m.value for m in at.markdown)
+    assert any(top.split("/")[-1] in unescape(m.value) for m in at.markdown)
     assert _progress(at) == f"**0 of {len(_flagged(fake_run))} reviewed**"
 
 
@@ -89,7 +90,7 @@ def test_going_back_and_changing_a_decision_keeps_the_history(at, fake_run, work
     mine = rows[rows["image"] == first["image"]]
     assert list(mine["action"]) == ["keep_majority", "accept_suggestion"]  # append-only: both kept
     assert mine.iloc[1]["old_label"] == first["majority"]
-    with ReviewStore(workspace / "review.db") as store:
+    with WorkspaceStore(workspace / "review.db") as store:
         current = store.current_decisions(fake_run)
     assert current.set_index("image").loc[first["image"], "new_label"] == first["suggested"]
 
@@ -100,7 +101,7 @@ def test_filters_by_reason_and_class(at, fake_run):
     assert not at.exception, at.exception
     labels = _flagged(fake_run)
     labels["name"] = labels["image"].str.split("/").str[-1]
-    shown = next(m.value.strip("# ") for m in at.markdown if m.value.startswith("####"))
+    shown = next(unescape(m.value).strip("# ") for m in at.markdown if m.value.startswith("####"))
     row = labels.set_index("name").loc[shown]
     assert "plus" in (row["majority"], row["suggested"])
     reasons = at.multiselect(key="rv_f_reason").options

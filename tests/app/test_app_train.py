@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from app import jobs
-from engine.review import ReviewStore
+from engine.store import WorkspaceStore
 
 FAKE_ENGINE = str(Path(__file__).with_name("fake_engine.py"))
 
@@ -58,7 +58,7 @@ def test_launch_passes_the_form_to_the_engine_and_cancel_stops_it(at, demo, work
                         ("--batch-size", "16"), ("--classes", "normal,pre-plus,plus")]:
         assert argv[argv.index(flag) + 1] == value, (flag, argv)
 
-    with ReviewStore(workspace / "review.db") as store:
+    with WorkspaceStore(workspace / "review.db") as store:
         (record,) = store.list_runs()
     run_dir = Path(record["run_dir"])
     assert record["state"] == "running" and record["method"] == "mslg" and record["pid"]
@@ -73,7 +73,7 @@ def test_launch_passes_the_form_to_the_engine_and_cancel_stops_it(at, demo, work
     assert _wait(lambda: json.loads((run_dir / "status.json").read_text())["state"] == "cancelled")
     assert _wait(lambda: not jobs.pid_alive(record["pid"], run_dir))
     at.run()
-    with ReviewStore(workspace / "review.db") as store:
+    with WorkspaceStore(workspace / "review.db") as store:
         assert store.get_run(run_dir)["state"] == "cancelled"
 
 
@@ -85,15 +85,17 @@ def test_a_job_whose_process_is_gone_is_shown_failed_with_its_log(at, demo, work
     (run_dir / "status.json").write_text(json.dumps({"state": "running", "stage": "main", "epoch": 3, "of": 5,
                                                      "pid": dead.pid}))
     (run_dir / "log.txt").write_text("epoch 3/5 [main] loss 0.4\nKilled by the OOM killer\n")
-    with ReviewStore(workspace / "review.db") as store:
+    with WorkspaceStore(workspace / "review.db") as store:
         store.register_run(run_dir, dataset=demo, method="ce", state="running", pid=dead.pid)
     at.run()
     at.switch_page("views/train.py").run()
     assert not at.exception, at.exception
     assert any("failed" in e.value for e in at.error)
     assert any("OOM killer" in c.value for c in at.code)
-    with ReviewStore(workspace / "review.db") as store:
+    with WorkspaceStore(workspace / "review.db") as store:
         assert store.get_run(run_dir)["state"] == "failed"
+    status = json.loads((run_dir / "status.json").read_text())  # the run folder says so too
+    assert status["state"] == "failed" and status["epoch"] == 3 and "stopped without finishing" in status["message"]
 
 
 def test_form_options_are_accepted_by_the_engine_cli(at, demo, workspace, fake_engine):
@@ -107,5 +109,5 @@ def test_form_options_are_accepted_by_the_engine_cli(at, demo, workspace, fake_e
     assert (cfg.data.image_size, cfg.schedule.epochs, cfg.schedule.warmup_epochs, cfg.schedule.batch_size) == (
         32, 2, 1, 32)
     assert cfg.runtime.method == "mslg" and cfg.method_params["k"] == 10
-    for r in ReviewStore(workspace / "review.db").list_runs():
+    for r in WorkspaceStore(workspace / "review.db").list_runs():
         jobs.cancel(jobs.view(r))

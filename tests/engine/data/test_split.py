@@ -162,7 +162,7 @@ def test_read_roles_reports_every_problem(tmp_path, make_votes):
     assert "row 3: image 'c.png' has role 'test' but no expert graded it" in text
     assert "row 4: image 'zzz.png' is not in votes.csv" in text
     assert "row 5: role 'banana' is not one of" in text
-    assert "row 6: image 'd.png' is listed twice" in text
+    assert "row 6: image 'd.png' is listed again (first at row 5)" in text
     assert "'e.png'" in text and "missing" in text
     assert "patient P1 is in both meta (row 1) and test (row 2)" in text
     assert all(p.fix for p in err.value.problems)

@@ -59,6 +59,19 @@ def test_warnings_single_grader_and_class_without_consensus(tmp_path, make_votes
     assert not any("class 'normal' has no consensus" in m for m in text)
 
 
+def test_empty_patient_ids_are_warned_with_their_rows(tmp_path, make_votes, cli_main, capsys):
+    rows = [["a.png", "P1", "n", "n"], ["b.png", "", "n", "p"], ["c.png", "P2", "p", "p"], ["d.png", " ", "p", "n"]]
+    root = make_votes(tmp_path / "ds", ["image", "patient_id", "a", "b"], rows)
+    t = read_votes(root)
+    warned = [w.message for w in t.warnings if "patient_id" in w.message]
+    assert len(warned) == 1 and warned[0].startswith("2 images have an empty patient_id (rows 2, 4)")
+    assert cli_main(["inspect", str(root)]) == 0
+    assert "2 images have an empty patient_id (rows 2, 4)" in capsys.readouterr().out
+    # no patient_id column at all: nothing to warn about (every image is its own patient by design)
+    no_column = make_votes(tmp_path / "ds2", ["image", "a", "b"], [r[:1] + r[2:] for r in rows])
+    assert not any("patient_id" in w.message for w in read_votes(no_column).warnings)
+
+
 def test_whitespace_roles_windows_paths_and_blank_lines(tmp_path, make_png):
     root = tmp_path / "ds"
     make_png(root / "sub" / "a.png")

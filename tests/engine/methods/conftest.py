@@ -13,6 +13,7 @@ import torch
 from torch import nn
 
 from engine.methods import get_method
+from engine.safe_load import torch_load
 from engine.train.context import TensorData, TrainContext
 from engine.train.loop import FitState, fit
 
@@ -107,7 +108,7 @@ def _roundtrip(obj):
     buf = io.BytesIO()
     torch.save(obj, buf)
     buf.seek(0)
-    return torch.load(buf, weights_only=False)
+    return torch_load(buf)  # as engine/pipeline.py loads it: tensors and plain data only
 
 
 @pytest.fixture

@@ -80,16 +80,3 @@ def test_apl_rejects_bad_parameters(make_ctx, build):
 
 def test_apl_resume(check_resume):
     check_resume("apl", {}, split_after=1, epochs=3, warmup=1)
-
-
-@pytest.mark.parametrize("name", ["mlc", "o2u", "apl", "o2u-apl"])
-def test_parameter_help_renders_in_argparse(name):
-    """Help texts go through argparse's %-formatting: a bare '%' would break `engine run --help`."""
-    import argparse
-
-    from engine.config import add_dataclass_args
-    from engine.methods import get_method
-
-    parser = argparse.ArgumentParser()
-    add_dataclass_args(parser, get_method(name).config_cls, prefix=f"{name.replace('-', '_')}_")
-    assert "--" + name + "-" in parser.format_help()

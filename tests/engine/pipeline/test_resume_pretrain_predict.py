@@ -58,11 +58,11 @@ def test_dr_pretraining_then_fresh_task_head(tiny_dataset, tmp_path):
     aux = make_aux(tmp_path / "aux")
     rd = tmp_path / "run"
     assert main(run_args(tiny_dataset, rd, "ce", "--pretrain", str(aux), "--pretrain-epochs", "1")) == 0
-    pre = torch.load(rd / "pretrain.pt", weights_only=False)
+    pre = torch.load(rd / "pretrain.pt", weights_only=True)
     assert pre["classes"] == ["no_dr", "dr"]
     head_w = [k for k in pre["state_dict"] if k.endswith("weight") and pre["state_dict"][k].ndim == 2][-1]
     assert pre["state_dict"][head_w].shape[0] == 2
-    final = torch.load(rd / "model.pt", weights_only=False)["state_dict"]
+    final = torch.load(rd / "model.pt", weights_only=True)["state_dict"]
     assert final[head_w].shape[0] == len(CLASSES)  # head replaced for the task classes
     log = (rd / "log.txt").read_text()
     assert "DR pretraining" in log and "pretrain epoch 1/1" in log
@@ -81,11 +81,11 @@ def test_predict_round_trip_png_and_dicom(tiny_dataset, tmp_path):
     pred = pd.read_csv(out)
     assert list(pred.columns) == S.predict_columns(CLASSES)
     assert pred[S.IMAGE].str.endswith(".dcm").sum() == len(dicoms) >= 1
-    # the same model and preprocessing as the run's own evaluation of meta/test rows
+    # the same model and preprocessing as the run's own evaluation of meta/test rows (method_p: the model's view)
     by_image = pred.set_index(S.IMAGE)
     for _, row in evaluated.iterrows():
         got = by_image.loc[str(tiny_dataset / row[S.IMAGE]), S.prob_cols(CLASSES)].to_numpy(float)
-        np.testing.assert_allclose(got, row[S.prob_cols(CLASSES)].to_numpy(float), atol=1e-4)
+        np.testing.assert_allclose(got, row[[S.method_prob_col(c) for c in CLASSES]].to_numpy(float), atol=1e-4)
     assert b"SECRET" not in out.read_bytes()
 
 
@@ -106,3 +106,65 @@ def test_a_lookahead_that_breaks_the_model_is_backed_off_and_logged(tiny_dataset
     assert "note: the look-ahead step broke the model" in log and "--mslg-alpha" in log
     main_epoch = json.loads((out / "metrics.json").read_text())["history"][1]
     assert main_epoch["stage"] == "main" and main_epoch["alpha"] < 10000
+
+
+class _Killed(BaseException):
+    """Stands in for kill -9: nothing in the pipeline catches it, so status.json keeps saying 'running'."""
+
+
+def _dead_pid() -> int:
+    import subprocess
+    import sys
+
+    proc = subprocess.Popen([sys.executable, "-c", "pass"])
+    proc.wait()
+    return proc.pid
+
+
+def test_a_run_killed_in_its_first_epoch_says_how_to_start_over(tiny_dataset, tmp_path, monkeypatch, capsys):
+    import engine.pipeline as pipeline
+
+    def killed(*args, **kwargs):
+        raise _Killed
+
+    out = tmp_path / "run"
+    monkeypatch.setattr(pipeline, "load_pixels", killed)
+    with pytest.raises(_Killed):
+        main(run_args(tiny_dataset, out, "ce"))
+    monkeypatch.undo()
+    status = json.loads((out / "status.json").read_text())
+    assert status["state"] == "running" and not (out / "checkpoint.pt").exists()
+    status["pid"] = _dead_pid()  # the killed process is gone
+    (out / "status.json").write_text(json.dumps(status))
+
+    assert main(run_args(tiny_dataset, out, "ce", "--resume")) == 2
+    err = capsys.readouterr().err
+    assert "nothing to resume: no checkpoint.pt in the run folder" in err
+    assert f"start over: delete the folder {out} (or pass another --out) and run again without --resume" in err
+    marked = json.loads((out / "status.json").read_text())
+    assert marked["state"] == "failed" and f"(pid {status['pid']}) stopped without finishing" in marked["message"]
+
+    assert main(run_args(tiny_dataset, out, "ce")) == 2  # the two messages no longer point at each other
+    err = capsys.readouterr().err
+    assert "run folder exists and is not empty" in err and "--resume" not in err.replace("without --resume", "")
+    assert "start over: delete the folder" in err
+
+
+def test_a_live_run_is_not_marked_failed(tmp_path):
+    import subprocess
+    import sys
+
+    from engine.rundir import RunDir
+
+    rd = RunDir(tmp_path)
+    live = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)", "engine", "run"])  # like a run
+    try:
+        rd.write_status("running", pid=live.pid)
+        assert rd.mark_if_dead() is None and rd.read_status()["state"] == "running"
+    finally:
+        live.kill()
+        live.wait()
+    rd.write_status("running", pid=_dead_pid())
+    assert rd.mark_if_dead()["state"] == "failed"
+    rd.write_status("done", pid=_dead_pid())
+    assert rd.mark_if_dead() is None and rd.read_status()["state"] == "done"

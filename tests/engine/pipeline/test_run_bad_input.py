@@ -73,3 +73,21 @@ def test_yaml_config_is_used_and_cli_wins(tiny_dataset, tmp_path):
     resolved = json.loads((out / "config.json").read_text())
     assert resolved["schedule"]["momentum"] == 0.5
     assert resolved["method_params"]["k"] == 5 and resolved["method_params"]["alpha"] == 0.25
+
+
+def test_a_dataset_with_one_class_is_refused(tiny_dataset, tmp_path, capsys):
+    """Every expert grades 'normal': training would end "successfully" with accuracy 1.0 and nothing learned."""
+    import shutil
+
+    one = tmp_path / "one"
+    shutil.copytree(tiny_dataset, one)
+    lines = (one / "votes.csv").read_text().splitlines()
+    rows = [line.split(",")[:2] + ["normal"] * 3 for line in lines[1:]]
+    (one / "votes.csv").write_text("\n".join([lines[0], *(",".join(r) for r in rows)]) + "\n")
+    out = tmp_path / "run"
+    args = run_args(one, out, "ce")
+    args = args[:args.index("--classes")] + args[args.index("--classes") + 2:]  # no --classes: classes from votes
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert "only one class is used (normal); a classifier needs at least two classes" in err
+    assert not out.exists()

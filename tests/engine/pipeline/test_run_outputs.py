@@ -62,8 +62,17 @@ def test_metrics_config_status_model(runs, method):
     records = [json.loads(line) for line in (rd / "progress.jsonl").read_text().splitlines()]
     assert {r["stage"] for r in records} == {"warmup", "main"}
     assert all(r["eta_s"] >= 0 for r in records if "eta_s" in r)
-    blob = torch.load(rd / "model.pt", weights_only=False)
+    blob = torch.load(rd / "model.pt", weights_only=True)
     assert blob["classes"] == CLASSES and blob["backbone"] == "test_resnet" and blob["image_size"] == 32
+
+
+@pytest.mark.parametrize("method", list_methods())
+def test_checkpoint_and_model_are_tensors_and_plain_data(runs, method):
+    """torch.load(weights_only=True) with torch's default allow-list (no numpy): what `--resume` and `predict`
+    can load without ever unpickling code."""
+    for name in ("checkpoint.pt", "model.pt"):
+        assert torch.serialization.get_unsafe_globals_in_checkpoint(runs[method] / name) == [], name
+        torch.load(runs[method] / name, weights_only=True)
 
 
 def test_no_patient_fields_in_any_output(runs):

@@ -6,7 +6,8 @@ for each other (busy timeout) instead of failing. The schema is versioned with `
 `MIGRATIONS` are applied in order when a store is opened, each in its own transaction.
 
 Decision log rules (the audit trail):
-- `decisions` is append-only: SQLite triggers abort any UPDATE or DELETE of a row. A change of mind is a new row.
+- `decisions` is append-only: SQLite triggers abort any UPDATE or DELETE of a row, and an INSERT (OR REPLACE)
+  that reuses an existing id. A change of mind is a new row.
 - Each decision is committed on its own when it is made.
 - "Latest" means the highest `id` (insertion order), not the clock, so a clock that jumps back changes nothing.
 - The current decision for an image is its latest row whose action is not `skip`. A `skip` row records that
@@ -23,7 +24,7 @@ import json
 import sqlite3
 import threading
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import closing, contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -92,6 +93,14 @@ MIGRATIONS: list[tuple[str, ...]] = [
             PRIMARY KEY (dataset, image))""",
         "CREATE INDEX decisions_run_image ON decisions (run_dir, image, id)",
     ),
+    # 3: INSERT OR REPLACE (or REPLACE INTO) with an existing id deletes the old row without firing the DELETE
+    # trigger (SQLite's REPLACE does not fire delete triggers unless recursive_triggers is on), so it could
+    # rewrite a decision: refuse any insert whose id is taken.
+    (
+        """CREATE TRIGGER decisions_no_replace BEFORE INSERT ON decisions
+           WHEN NEW.id IS NOT NULL AND EXISTS (SELECT 1 FROM decisions WHERE id = NEW.id)
+           BEGIN SELECT RAISE(ABORT, 'decisions are append-only: a decision cannot be replaced'); END""",
+    ),
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
 
@@ -112,7 +121,7 @@ def _required(value: Any, name: str, where: str) -> str:
     return str(value)
 
 
-def migrate(conn: sqlite3.Connection, *, target: int = SCHEMA_VERSION, where: str = "review store") -> int:
+def migrate(conn: sqlite3.Connection, *, target: int = SCHEMA_VERSION, where: str = "workspace store") -> int:
     """Bring an autocommit connection's database up to `target`, one transaction per migration; returns the version."""
     while True:
         conn.execute("BEGIN IMMEDIATE")  # re-read the version under the write lock: another process may migrate too
@@ -138,6 +147,23 @@ def migrate(conn: sqlite3.Connection, *, target: int = SCHEMA_VERSION, where: st
             raise
 
 
+def _check_workspace_file(path: Path) -> None:
+    """Refuse, before changing anything in it, a file that is not SQLite or is another program's SQLite database
+    (schema version 0 yet tables in it): opening it as a store would switch it to WAL and add our tables."""
+    if not path.is_file() or path.stat().st_size == 0:
+        return  # a new store
+    fix = "give the app workspace's review.db (e.g. data/workspace/review.db)"
+    try:
+        with closing(sqlite3.connect(str(path), timeout=BUSY_TIMEOUT_MS / 1000)) as conn:  # reads only
+            version = conn.execute("PRAGMA user_version").fetchone()[0]
+            has_tables = conn.execute("SELECT 1 FROM sqlite_master LIMIT 1").fetchone() is not None
+    except sqlite3.DatabaseError as err:  # e.g. "file is not a database"
+        raise InputError(Problem(str(path), f"is not a workspace database ({err})", fix)) from None
+    if version == 0 and has_tables:
+        raise InputError(Problem(str(path), "is an SQLite database of another program, not a workspace database",
+                                 fix))
+
+
 def connect(db_path: Path | str) -> sqlite3.Connection:
     """Open an autocommit connection with the store's durability settings (WAL, synchronous=FULL, busy timeout)."""
     conn = sqlite3.connect(str(db_path), timeout=BUSY_TIMEOUT_MS / 1000, isolation_level=None, check_same_thread=False)
@@ -149,13 +175,14 @@ def connect(db_path: Path | str) -> sqlite3.Connection:
     return conn
 
 
-class ReviewStore:
+class WorkspaceStore:
     """The workspace database. Thread-safe (one connection behind a lock) for Streamlit's `st.cache_resource`."""
 
     def __init__(self, db_path: Path | str):
         self.path = Path(db_path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._lock = threading.RLock()
+        _check_workspace_file(self.path)
         self._conn = connect(self.path)
         try:
             migrate(self._conn, where=str(self.path))
@@ -168,14 +195,14 @@ class ReviewStore:
         with self._lock:
             self._conn.close()
 
-    def __enter__(self) -> ReviewStore:
+    def __enter__(self) -> WorkspaceStore:
         return self
 
     def __exit__(self, *exc) -> None:
         self.close()
 
     def __repr__(self) -> str:
-        return f"ReviewStore({str(self.path)!r})"
+        return f"WorkspaceStore({str(self.path)!r})"
 
     @contextmanager
     def _tx(self) -> Iterator[sqlite3.Connection]:

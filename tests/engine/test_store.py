@@ -1,4 +1,4 @@
-"""ReviewStore: decisions are append-only, committed when made, and survive concurrent writers and killed processes."""
+"""WorkspaceStore: decisions are append-only, committed when made, and survive concurrent writers and killed processes."""
 
 from __future__ import annotations
 
@@ -13,14 +13,14 @@ from pathlib import Path
 import pytest
 
 from engine.errors import InputError
-from engine.review import MIGRATIONS, SCHEMA_VERSION, ReviewStore, connect, migrate
+from engine.store import MIGRATIONS, SCHEMA_VERSION, WorkspaceStore, connect, migrate
 
 ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture
 def store(tmp_path):
-    with ReviewStore(tmp_path / "workspace.db") as s:
+    with WorkspaceStore(tmp_path / "workspace.db") as s:
         yield s
 
 
@@ -81,6 +81,24 @@ def test_decisions_cannot_be_updated_or_deleted(store, tmp_path):
     assert store.count_decisions() == 1
 
 
+@pytest.mark.parametrize("verb", ["INSERT OR REPLACE", "REPLACE", "INSERT OR IGNORE", "INSERT"])
+def test_a_decision_cannot_be_rewritten_by_inserting_its_id_again(store, tmp_path, verb):
+    first = _decide(store, tmp_path / "run", "a.png", "plus", note="clear tortuosity")
+    before = store.history(tmp_path / "run")
+    raw = sqlite3.connect(store.path)
+    with pytest.raises(sqlite3.DatabaseError, match="append-only: a decision cannot be replaced"):
+        raw.execute(
+            f"{verb} INTO decisions (id, run_dir, image, reviewer, decided_at, old_label, new_label, action, note)"
+            " VALUES (?, ?, 'a.png', 'mallory', '2020-01-01T00:00:00+00:00', 'plus', 'normal', 'choose_class', '')",
+            (first, str((tmp_path / "run").resolve())),
+        )
+    raw.commit()
+    raw.close()
+    after = store.history(tmp_path / "run")
+    assert after.equals(before) and after.iloc[0]["reviewer"] == "dr_a" and after.iloc[0]["new_label"] == "plus"
+    assert _decide(store, tmp_path / "run", "a.png", "normal") == first + 1  # new rows are still accepted
+
+
 @pytest.mark.parametrize(
     "kw,match",
     [
@@ -99,7 +117,7 @@ def test_invalid_decisions_are_refused(store, tmp_path, kw, match):
 def test_migrates_an_empty_version_0_file(tmp_path):
     db = tmp_path / "old.db"
     sqlite3.connect(db).close()  # version 0, no tables
-    with ReviewStore(db) as s:
+    with WorkspaceStore(db) as s:
         assert s.schema_version() == SCHEMA_VERSION == len(MIGRATIONS)
         assert s.integrity_check() == "ok"
 
@@ -114,7 +132,7 @@ def test_migrates_a_version_1_database_keeping_its_decisions(tmp_path):
         (str((tmp_path / "run").resolve()),),
     )
     conn.close()
-    with ReviewStore(db) as s:
+    with WorkspaceStore(db) as s:
         assert s.schema_version() == SCHEMA_VERSION
         assert list(s.current_decisions(tmp_path / "run")["new_label"]) == ["plus"]
         s.save_roles(tmp_path / "ds", {"a.png": "meta"}, "dr_a")  # table added by migration 2
@@ -127,7 +145,7 @@ def test_refuses_a_newer_schema(tmp_path):
     raw.execute(f"PRAGMA user_version = {SCHEMA_VERSION + 1}")
     raw.close()
     with pytest.raises(InputError, match="newer than this engine supports"):
-        ReviewStore(db)
+        WorkspaceStore(db)
 
 
 def test_durability_settings(store):
@@ -138,13 +156,13 @@ def test_durability_settings(store):
 
 def test_job_registry_survives_restart(tmp_path):
     db, run = tmp_path / "w.db", tmp_path / "runs" / "r1"
-    with ReviewStore(db) as s:
+    with WorkspaceStore(db) as s:
         rid = s.register_run(run, dataset=tmp_path / "ds", method="mslg", state="running", pid=123, config={"a": 1})
         with pytest.raises(InputError, match="run state 'lost'"):
             s.update_run(run, state="lost")
         with pytest.raises(InputError, match="not registered"):
             s.update_run(tmp_path / "nope", state="done")
-    with ReviewStore(db) as s:  # app restart
+    with WorkspaceStore(db) as s:  # app restart
         job = s.get_run(run)
         assert job["id"] == rid and job["state"] == "running" and job["pid"] == 123 and job["config"] == {"a": 1}
         assert job["finished_at"] is None
@@ -186,11 +204,11 @@ def test_two_processes_writing_at_once_lose_nothing(tmp_path):
     code = """
         import sys, time
         from pathlib import Path
-        from engine.review import ReviewStore
+        from engine.store import WorkspaceStore
         print("ready", flush=True)
         while not Path(sys.argv[2]).exists():
             time.sleep(0.01)
-        s = ReviewStore(sys.argv[1])  # both open (and migrate) the fresh file at the same time
+        s = WorkspaceStore(sys.argv[1])  # both open (and migrate) the fresh file at the same time
         for i in range(100):
             s.add_decision("run", f"{sys.argv[3]}-{i}.png", reviewer=sys.argv[3], new_label="plus",
                            old_label="normal", action="choose_class")
@@ -212,7 +230,7 @@ def test_two_processes_writing_at_once_lose_nothing(tmp_path):
     for p in procs:
         out, _ = p.communicate(timeout=120)
         assert p.returncode == 0 and out.strip() == "done"
-    with ReviewStore(db) as s:
+    with WorkspaceStore(db) as s:
         hist = s.history(ROOT / "run")
         assert len(hist) == 200 and hist["id"].is_unique
         assert hist.groupby("reviewer").size().to_dict() == {"dr_a": 100, "dr_b": 100}
@@ -222,8 +240,8 @@ def test_two_processes_writing_at_once_lose_nothing(tmp_path):
 def test_a_killed_writer_loses_no_committed_decision(tmp_path):
     db = tmp_path / "w.db"
     code = f"""
-        from engine.review import ReviewStore
-        s = ReviewStore({str(db)!r})
+        from engine.store import WorkspaceStore
+        s = WorkspaceStore({str(db)!r})
         for i in range(100_000):
             print(s.add_decision("run", f"img-{{i}}.png", reviewer="dr_a", new_label="plus", old_label="normal",
                                  action="choose_class"), flush=True)
@@ -240,7 +258,7 @@ def test_a_killed_writer_loses_no_committed_decision(tmp_path):
     proc.wait(timeout=30)
     proc.stdout.close()
     assert len(ids) == 30, "the writer died before it was killed"
-    with ReviewStore(db) as s:
+    with WorkspaceStore(db) as s:
         assert s.integrity_check() == "ok"
         stored = set(s.history(ROOT / "run")["id"])
         assert set(ids) <= stored
