@@ -5,7 +5,8 @@
 
 Stages, each through the command line a user runs (`python -m engine ...`), on the GPU with AMP (the default):
 demo data (`--n` synthetic images, PNG + DICOM) → DR pretraining + `ce` (`--pretrain DEMO/dr_aux`) → a short run of
-every other registered method from the pretrained backbone → the meta/CE step-cost ratio (`bench.step_cost`,
+every other registered method from the pretrained backbone (`mslg` with the label-estimation stage, the others
+with `--folds 0`) → the meta/CE step-cost ratio (`bench.step_cost`,
 resnet18 @ 64 px, batch 32, in this process) → predict (PNG + DICOM) with the `mslg` model → predict 1000 images
 at 224 px (a `ce` model trained briefly at 224 px) → export → time to first step of a run on the now cached dataset.
 
@@ -195,8 +196,10 @@ def gpu_stages(out: Path, n: int, image_size: int, epochs: int, sampler: GpuSamp
         if m == "ce" or not weights.is_file():
             continue
         rd = runs / m
-        rows.append(training_row(f"run {m}", rd, [str(demo), "--out", str(rd), "--method", m, "--weights",
-                                                  str(weights), *common], sampler, batch))
+        estimate = [] if m == "mslg" else ["--folds", "0"]  # the default method runs the estimation stage too
+        rows.append(training_row(f"run {m}" + (" + estimation" if not estimate else ""), rd,
+                                 [str(demo), "--out", str(rd), "--method", m, "--weights", str(weights), *common,
+                                  *estimate], sampler, batch))
     try:
         rows += step_cost_rows("cuda")
     except Exception as exc:  # noqa: BLE001 - reported as a failed stage
@@ -209,8 +212,8 @@ def gpu_stages(out: Path, n: int, image_size: int, epochs: int, sampler: GpuSamp
     rows.append(Row("predict PNG + DICOM", ok, secs, n_images / secs if ok else None, busy, peak,
                     f"{n_images} images at {image_size} px" if ok else err[-200:]))
     big = runs / "ce224"
-    ok, *_ , err = engine("run", str(demo), "--out", str(big), "--method", "ce", "--device", "cuda", "--image-size",
-                          "224", "--epochs", "1", "--warmup-epochs", "0", "--max-steps", "5")
+    ok, *_, err = engine("run", str(demo), "--out", str(big), "--method", "ce", "--device", "cuda", "--image-size",
+                         "224", "--epochs", "1", "--warmup-epochs", "0", "--max-steps", "5", "--folds", "0")
     if ok:
         files = sorted(p for p in images.rglob("*.png"))[:1000]
         listing = out / "predict224"
