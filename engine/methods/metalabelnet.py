@@ -18,10 +18,10 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from engine.methods.base import Method, param, register
+from engine.methods.base import param, register
 from engine.methods.soft_label_step import (
     LookaheadCheck,
-    check_lookahead,
+    SoftLabelMethod,
     lookahead_param,
     meta_jvp_param,
     real_update_param,
@@ -44,16 +44,12 @@ class MetaLabelNetConfig:
 
 
 @register
-class MetaLabelNet(Method):
+class MetaLabelNet(SoftLabelMethod):
     name = "metalabelnet"
     summary = "MetaLabelNet: a meta-learned perceptron on frozen features generates soft labels; uses unlabeled rows"
     config_cls = MetaLabelNetConfig
     learns_labels = True
     uses_unlabeled = True
-
-    def __init__(self, cfg, ctx):
-        super().__init__(cfg, ctx)
-        check_lookahead(self.name, cfg.lookahead, cfg.meta_jvp, mixed_precision=ctx.autocast_enabled())
 
     def start(self) -> None:
         ctx = self.ctx

@@ -25,10 +25,10 @@ from dataclasses import dataclass
 
 import torch
 
-from engine.methods.base import Method, param, register
+from engine.methods.base import param, register
 from engine.methods.soft_label_step import (
     LookaheadCheck,
-    check_lookahead,
+    SoftLabelMethod,
     lookahead_param,
     meta_jvp_param,
     real_update_param,
@@ -57,15 +57,11 @@ def label_lr(beta: float, batch_size: int, num_classes: int) -> float:
 
 
 @register
-class MSLG(Method):
+class MSLG(SoftLabelMethod):
     name = "mslg"
     summary = "Meta Soft Label Generation: per-image label variables learned on the meta set (ROP study)"
     config_cls = MSLGConfig
     learns_labels = True
-
-    def __init__(self, cfg, ctx):
-        super().__init__(cfg, ctx)
-        check_lookahead(self.name, cfg.lookahead, cfg.meta_jvp, mixed_precision=ctx.autocast_enabled())
 
     def start(self) -> None:
         ctx = self.ctx

@@ -26,7 +26,7 @@ from engine.meta import (
     surrogate,
     trainable,
 )
-from engine.methods.base import param
+from engine.methods.base import Method, param
 
 
 def lookahead_param(default: str = "full"):
@@ -63,6 +63,15 @@ def check_lookahead(method: str, lookahead: str, meta_jvp: str, *, mixed_precisi
         if mixed_precision:
             raise InputError(Problem(where, "meta_jvp=finite-difference needs float32, but this run uses bf16 mixed "
                                             "precision on the GPU", "pass --amp false, or use meta_jvp=exact"))
+
+
+class SoftLabelMethod(Method):
+    """Base of the methods whose step is `soft_label_meta_step` (MSLG, MetaLabelNet): their look-ahead settings
+    (`lookahead`, `meta_jvp` config fields) are checked when the method is built, before any training."""
+
+    def __init__(self, cfg, ctx):
+        super().__init__(cfg, ctx)
+        check_lookahead(self.name, cfg.lookahead, cfg.meta_jvp, mixed_precision=ctx.autocast_enabled())
 
 
 @dataclass
