@@ -28,7 +28,7 @@ from engine.errors import InputError, Problem
 from engine.flags import flag_images
 from engine.methods import get_method
 from engine.runtime import resolve_device
-from engine.train.context import NonFiniteLoss, TensorData, TrainContext, seed_everything
+from engine.train.context import NonFiniteLoss, TensorData, TrainContext, seed_everything, uses_bf16
 from engine.train.loop import FitState, fit, restore_best
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -327,6 +327,7 @@ def run(cfg: RunConfig) -> Path:
         raise InputError(Problem(str(out), "run folder exists and is not empty", fix))
     data = prepare_data(cfg)
     device = resolve_device(cfg.runtime.device)
+    _check_precision(cfg, device)
     model = _create_model(cfg, len(data.classes))  # checks backbone and weights before anything is written
     _check_image_size(model, cfg)
 
@@ -396,6 +397,17 @@ def _create_model(cfg: RunConfig, num_classes: int, *, stream: int = 0):
 
     seed_everything(cfg.runtime.seed * 1000 + stream)
     return create_model(cfg.model.backbone, num_classes, weights=cfg.model.weights, pretrained=cfg.model.pretrained)
+
+
+def _check_precision(cfg: RunConfig, device: torch.device) -> None:
+    """Look-ahead options that cannot work at this run's precision (the finite-difference JVP under bf16) are
+    refused before anything is written (the method refuses them too when it is built)."""
+    from engine.methods.soft_label_step import check_lookahead
+
+    p = cfg.method_params
+    if "lookahead" in p and "meta_jvp" in p:
+        check_lookahead(cfg.runtime.method, p["lookahead"], p["meta_jvp"],
+                        mixed_precision=uses_bf16(device, amp=cfg.runtime.amp))
 
 
 def _check_image_size(model, cfg: RunConfig) -> None:

@@ -44,6 +44,11 @@ class Batch(NamedTuple):
     flip: torch.Tensor  # (B,) bool, which images were flipped horizontally
 
 
+def uses_bf16(device: torch.device, *, amp: bool) -> bool:
+    """Whether training runs in bf16 mixed precision: AMP on, on a CUDA device that supports bf16."""
+    return amp and torch.device(device).type == "cuda" and torch.cuda.is_bf16_supported()
+
+
 def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % (2**32))
@@ -114,8 +119,8 @@ class TrainContext:
         return lr
 
     def autocast_enabled(self) -> bool:
-        """Whether `autocast()` runs in bf16: AMP on, on a CUDA device that supports bf16."""
-        return self.amp and self.device.type == "cuda" and torch.cuda.is_bf16_supported()
+        """Whether `autocast()` runs in bf16 (`uses_bf16`)."""
+        return uses_bf16(self.device, amp=self.amp)
 
     def autocast(self):
         """bf16 autocast on CUDA when enabled and supported; a no-op elsewhere."""

@@ -37,3 +37,15 @@ def test_pretrain_run_predict_and_export_on_cuda(tiny_dataset, tmp_path, fake_gp
     assert list(pred.columns) == S.predict_columns(CLASSES) and pred[S.IMAGE].str.endswith(".dcm").sum() == 3
     out = export_labels(rd)
     assert len(out) == len(pd.read_csv(tiny_dataset / "votes.csv"))
+
+
+def test_finite_difference_jvp_under_bf16_is_refused_before_anything_is_written(tiny_dataset, tmp_path, fake_gpu,
+                                                                                 monkeypatch, capsys):
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: True)
+    rd = tmp_path / "run"
+    code = main(run_args(tiny_dataset, rd, "mslg", "--device", "cuda", "--mslg-meta-jvp", "finite-difference"))
+    assert code == 2 and "finite-difference needs float32" in capsys.readouterr().err
+    assert not rd.exists()
+    # with AMP off the same options run (float32)
+    assert main(run_args(tiny_dataset, rd, "mslg", "--device", "cuda", "--mslg-meta-jvp", "finite-difference",
+                         "--amp", "false", "--epochs", "2", "--max-steps", "2", "--folds", "0")) == 0
