@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import resource
 import shutil
 import signal
 import subprocess
@@ -40,10 +41,13 @@ def demo_dataset(n: int, folder: Path = OUT) -> Path:
 
 def time_to_first_step(dataset: Path, run_dir: Path, args: list[str], *, timeout: float = 600.0,
                        env: dict | None = None) -> dict:
-    """Start `engine run DATASET --out RUN_DIR ARGS`, wait for the first step line, stop it; seconds and log."""
+    """Start `engine run DATASET --out RUN_DIR ARGS`, wait for the first step line, stop it; seconds, the CPU
+    seconds the run used (user + system, until it stopped: a measure that other jobs on the machine barely change)
+    and its log."""
     if run_dir.exists():
         shutil.rmtree(run_dir)
     progress = run_dir / "progress.jsonl"
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
     t0 = time.perf_counter()
     proc = subprocess.Popen([sys.executable, "-m", "engine", "run", str(dataset), "--out", str(run_dir), *args],
                             cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env)
@@ -60,10 +64,12 @@ def time_to_first_step(dataset: Path, run_dir: Path, args: list[str], *, timeout
     except subprocess.TimeoutExpired:
         proc.kill()
         _, err = proc.communicate()
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
     log = (run_dir / "log.txt").read_text(encoding="utf-8").splitlines() if (run_dir / "log.txt").is_file() else []
     if seconds is None:
         raise RuntimeError(f"no step within {timeout:.0f} s (exit {proc.returncode}): {err.decode()[-2000:]}")
-    return {"seconds": seconds, "log": log}
+    return {"seconds": seconds, "cpu_seconds": cpu, "log": log}
 
 
 def main(argv=None) -> int:
@@ -81,7 +87,7 @@ def main(argv=None) -> int:
         r = time_to_first_step(ds, OUT / "run", ["--device", args.device, "--image-size", str(args.image_size)])
         r["cache"] = "cold" if i == 0 else "cached"
         rows.append(r)
-        print(f"run {i + 1} ({r['cache']}): first step after {r['seconds']:.1f} s")
+        print(f"run {i + 1} ({r['cache']}): first step after {r['seconds']:.1f} s ({r['cpu_seconds']:.1f} CPU s)")
         for line in r["log"]:
             print(f"    {line}")
     args.json.parent.mkdir(parents=True, exist_ok=True)
