@@ -8,7 +8,7 @@ Generates (once, kept under bench/out/first_step/) a synthetic demo dataset of `
 cache, then runs `engine run` on it `--runs` times with the default settings (method, model, batch) at
 `--image-size` (64 px by default, the issue's "4000 small images"; at 224 px one CPU step alone takes seconds):
 the first run starts with an empty cache ("cold"), the others find it filled ("cached"). Each run is stopped with
-SIGINT (what the app's Cancel sends) as soon as its first step is in progress.jsonl. Prints the seconds per run and
+SIGTERM (which the engine treats as Ctrl-C) as soon as its first step is in progress.jsonl. Prints the seconds per run and
 the run's own timeline from log.txt. Run it under the bench lock (`flock /tmp/bench.lock ...`).
 """
 
@@ -58,7 +58,7 @@ def time_to_first_step(dataset: Path, run_dir: Path, args: list[str], *, timeout
             break
         time.sleep(0.02)
     if proc.poll() is None:
-        proc.send_signal(signal.SIGINT)
+        proc.send_signal(signal.SIGTERM)  # the engine stops as on Ctrl-C (SIGINT is ignored in background jobs)
     try:
         _, err = proc.communicate(timeout=60)
     except subprocess.TimeoutExpired:
