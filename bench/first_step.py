@@ -8,8 +8,8 @@ Generates (once, kept under bench/out/first_step/) a synthetic demo dataset of `
 cache, then runs `engine run` on it `--runs` times with the default settings (method, model, batch) at
 `--image-size` (64 px by default, the issue's "4000 small images"; at 224 px one CPU step alone takes seconds):
 the first run starts with an empty cache ("cold"), the others find it filled ("cached"). Each run is stopped with
-SIGTERM (which the engine treats as Ctrl-C) as soon as its first step is in progress.jsonl. Prints the seconds per run and
-the run's own timeline from log.txt. Run it under the bench lock (`flock /tmp/bench.lock ...`).
+SIGTERM (which the engine treats as Ctrl-C) as soon as its first step is in progress.jsonl. Prints the seconds
+per run and the run's own timeline from log.txt. Run it under the bench lock (`flock /tmp/bench.lock ...`).
 """
 
 from __future__ import annotations
