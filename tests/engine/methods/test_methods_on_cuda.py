@@ -19,12 +19,17 @@ def _roundtrip(obj):
     return torch.load(buf, map_location="cpu", weights_only=False)
 
 
-@pytest.mark.parametrize("name", list_methods())
-def test_method_trains_evaluates_and_resumes_on_cuda(name, make_ctx, build):
+# every method at its defaults, and the meta methods with the look-ahead they do not use by default
+CASES = [(m, {}) for m in list_methods()] + [
+    (m, {"lookahead": "first-order"}) for m in ("mslg", "metalabelnet", "mlc") if m in list_methods()]
+
+
+@pytest.mark.parametrize(("name", "params"), CASES, ids=[f"{m}{'-' if p else ''}{'-'.join(p.values())}" for m, p in CASES])
+def test_method_trains_evaluates_and_resumes_on_cuda(name, params, make_ctx, build):
     with FakeCuda() as fc:
         ctx = make_ctx(n=48, n_meta=12, epochs=4, warmup=1, batch_size=8, unlabeled=4, device="cuda", max_steps=3)
         assert fc.device(ctx.train.images) == fc.device(next(ctx.model.parameters())) == "cuda"
-        method = build(name, ctx)
+        method = build(name, ctx, **params)
         snap = {}
 
         def save(st: FitState) -> None:
@@ -41,7 +46,7 @@ def test_method_trains_evaluates_and_resumes_on_cuda(name, make_ctx, build):
 
         # resume from the checkpoint (CPU tensors, as map_location="cpu" loads them) into fresh objects
         ctx2 = make_ctx(n=48, n_meta=12, epochs=4, warmup=1, batch_size=8, unlabeled=4, device="cuda", max_steps=3)
-        method2 = build(name, ctx2)
+        method2 = build(name, ctx2, **params)
         ctx2.model.load_state_dict(snap["model"])
         ctx2.optimizer.load_state_dict(snap["optimizer"])
         method2.load_state_dict(snap["method"])
