@@ -15,12 +15,12 @@ running statistics are untouched by the virtual passes (`frozen_norm_stats`).
 Two look-aheads (`LOOKAHEADS`):
 - `full` — exactly the above (`lookahead_surrogate`). A step costs the training forward and backward, the virtual
   step's backward, a meta forward and backward at θ', the forward-mode pass and, for MSLG/MetaLabelNet, the real
-  update's backward: about 3× a cross-entropy step.
+  update's backward: about 3.4× a cross-entropy step (CPU, resnet18; bench/RESULTS.md).
 - `first-order` — g' is taken at θ instead of θ' (`first_order_gradient`): exact as α → 0, and the meta-gradient
   becomes −α ∂/∂φ ⟨∇_θ L(θ, φ), ∇_θ L_meta(θ)⟩, the alignment of the training gradient with the meta gradient. g' is
   then known before the training forward, so u = J g' comes out of the training forward itself, run as one
   dual-number (forward-mode) pass whose primal output keeps its graph for the real update (`forward_with_jvp`): no
-  virtual backward, no separate JVP pass — about 2× a cross-entropy step.
+  virtual backward, no separate JVP pass — about 2.5× a cross-entropy step.
 """
 
 from __future__ import annotations

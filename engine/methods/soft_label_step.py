@@ -30,10 +30,10 @@ from engine.methods.base import Method, param
 
 
 def lookahead_param(default: str = "full"):
-    return param(default, "where the meta-gradient is taken: full = after the virtual step, as in the paper (about "
-                 "3x the time of a cross-entropy step); first-order = at the current weights, the limit of small "
-                 "virtual steps, computed inside the training forward (about 2x; bench/RESULTS.md compares them)",
-                 choices=LOOKAHEADS)
+    return param(default, "where the meta-gradient is taken: full = after the virtual step, as in the paper (a step "
+                 "takes about 3.4x the time of a cross-entropy step); first-order = at the current weights, the "
+                 "limit of small virtual steps, computed inside the training forward (about 2.5x; bench/RESULTS.md "
+                 "compares their accuracy)", choices=LOOKAHEADS)
 
 
 def meta_jvp_param():
