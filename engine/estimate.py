@@ -8,7 +8,8 @@ Evidence, per image i (N images, K classes, E experts):
 
 Model (Dawid & Skene 1979 with an image-dependent prior, as in Raykar et al. 2010):
     P(y_i = k | x_i, votes_i) ∝ q_ik · Π_e π_e[k, v_ie]
-where q_i is the calibrated model probability (the prior from the image) and π_e (K, K) is expert e's confusion
+where q_i is the calibrated model probability (the prior from the image; for an image without one, the class
+frequencies, estimated too) and π_e (K, K) is expert e's confusion
 matrix (row = true class, column = vote). π_e is estimated by EM over every graded image, with the meta set's
 known labels held fixed (they anchor what each class looks like to each expert) and a Dirichlet prior that keeps a
 rarely seen row near "mostly right". Images nobody graded get the calibrated model probability.
@@ -98,6 +99,26 @@ def expert_confusions(posterior: np.ndarray, onehot: np.ndarray, *, diag_prior: 
     return counts / counts.sum(2, keepdims=True)
 
 
+def pattern_likelihood(posterior: np.ndarray, votes: np.ndarray, confusions: np.ndarray, *, strength: float
+                       ) -> np.ndarray:
+    """P(image i's whole vote pattern | y=k) (N, K): a categorical over the observed patterns per class, smoothed
+    toward the independent-experts product Π_e π_e[k, v_e] with `strength` pseudo-images per class:
+        L_k(p) = (s · Π_e π_e[k, p_e] + Σ_{i: pattern_i = p} P(y_i = k)) / (s + Σ_i P(y_i = k)).
+    Sums to 1 over all patterns for each k. With one expert it is the confusion matrix again; with several it learns
+    how often the experts err together (three graders who all see a borderline image the same wrong way)."""
+    patterns, inverse = np.unique(votes, axis=0, return_inverse=True)
+    inverse = inverse.reshape(-1)
+    k = posterior.shape[1]
+    product = np.ones((len(patterns), k))
+    for e in range(votes.shape[1]):
+        graded = patterns[:, e] >= 0
+        product[graded] *= confusions[e][:, patterns[graded, e]].T
+    counts = np.zeros((len(patterns), k))
+    np.add.at(counts, inverse, posterior)
+    lik = (strength * product + counts) / (strength + posterior.sum(0))[None, :]
+    return np.clip(lik[inverse], EPS, None)
+
+
 def _posterior(log_prior: np.ndarray, onehot: np.ndarray, confusions: np.ndarray, known: np.ndarray) -> np.ndarray:
     """E-step: log P(y_i=k) = log q_ik + Σ_e log π_e[k, v_ie]; rows with a known label are one-hot."""
     log_lik = np.einsum("nev,ekv->nk", onehot, np.log(confusions))
@@ -110,7 +131,7 @@ def _posterior(log_prior: np.ndarray, onehot: np.ndarray, confusions: np.ndarray
 def estimate_labels(pred_probs: np.ndarray | None, votes: np.ndarray, *, known: np.ndarray | None = None,
                     has_probs: np.ndarray | None = None, temperature: float | None = None,
                     calibration_rows: np.ndarray | None = None, diag_prior: float = 2.0, off_prior: float = 1.0,
-                    max_iter: int = 100, tol: float = 1e-6) -> Estimate:
+                    pattern_strength: float | None = None, max_iter: int = 100, tol: float = 1e-6) -> Estimate:
     """Posterior over the true class of every image from model probabilities, expert votes and known labels.
 
     pred_probs (N, K) out-of-sample probabilities or None (votes only: classic Dawid–Skene with a uniform prior);
@@ -118,6 +139,9 @@ def estimate_labels(pred_probs: np.ndarray | None, votes: np.ndarray, *, known: 
     has_probs (N,) bool: rows whose model probability is real (default: all); temperature: fixed T, or None to fit
     it on `calibration_rows` (default: the rows with a known label and a model probability).
     Dirichlet prior of each confusion row: `diag_prior` on the vote = true class, `off_prior` elsewhere.
+    `pattern_strength` s: when given, the experts' votes on an image are scored as one pattern (see
+    `pattern_likelihood`), so errors the experts make together on hard images are not counted as independent
+    evidence; None = the classic product of independent confusions.
     """
     votes = np.asarray(votes, int)
     n = votes.shape[0]
@@ -134,7 +158,13 @@ def estimate_labels(pred_probs: np.ndarray | None, votes: np.ndarray, *, known: 
     if temperature is None:
         rows = (known >= 0) & has_probs if calibration_rows is None else np.asarray(calibration_rows, bool)
         temperature = fit_temperature(probs_to_logits(pred_probs[rows]), known[rows]) if rows.any() else 1.0
-    prior = np.where(has_probs[:, None], apply_temperature(pred_probs, temperature), 1.0 / k)
+    model_prior = apply_temperature(pred_probs, temperature)
+    class_prior = np.full(k, 1.0 / k)  # for rows without a model probability: learned class frequencies (M-step)
+
+    def prior_now() -> np.ndarray:
+        return np.where(has_probs[:, None], model_prior, class_prior[None, :])
+
+    prior = prior_now()
     log_prior = np.log(np.clip(prior, EPS, 1.0))
     onehot = _vote_onehot(votes, k)
     # initialise with the vote shares times the prior (a soft majority vote that the image can tip)
@@ -145,7 +175,16 @@ def estimate_labels(pred_probs: np.ndarray | None, votes: np.ndarray, *, known: 
     while iterations < max_iter:
         iterations += 1
         conf = expert_confusions(post, onehot, diag_prior=diag_prior, off_prior=off_prior)
-        new = _posterior(log_prior, onehot, conf, known)
+        if not has_probs.all():
+            class_prior = (post.sum(0) + 1.0) / (len(post) + k)
+            prior = prior_now()
+            log_prior = np.log(np.clip(prior, EPS, 1.0))
+        if pattern_strength is None:
+            new = _posterior(log_prior, onehot, conf, known)
+        else:
+            lik = pattern_likelihood(post, votes, conf, strength=pattern_strength)
+            new = np.exp(log_softmax(log_prior + np.log(lik)))
+            new[known >= 0] = np.eye(k)[known[known >= 0]]
         delta = float(np.abs(new - post).max()) if n else 0.0
         post = new
         if delta < tol:

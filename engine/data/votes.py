@@ -264,6 +264,13 @@ def _known_order(values) -> list[str] | None:
     return None
 
 
+def is_severity_scale(classes) -> bool:
+    """The classes, in this order, are (part of) a known severity scale with at least 3 grades (ordinal)."""
+    classes = list(classes)
+    return len(classes) >= 3 and any(set(classes) <= set(scale) and classes == [c for c in scale if c in classes]
+                                     for scale in KNOWN_SCALES)
+
+
 def default_class_order(values) -> list[str]:
     """Class order without --classes: a known severity scale (ROP: normal, pre-plus, plus) if the values fit one,
     else sorted."""
@@ -595,7 +602,8 @@ def _data_warnings(table: VoteTable) -> list[Warning_]:
             out.append(
                 Warning_(
                     name,
-                    f"class '{c}' has no consensus image (>= 2 experts agreeing), so it gets no meta or test images",
+                    f"class '{c}' has no consensus image (graded by at least two experts who all agree), so it gets "
+                    "no meta or test images",
                 )
             )
     return out

@@ -20,21 +20,31 @@ from torch import nn
 
 
 class TensorData:
-    """Images (N, C, H, W) uint8 and integer targets (N,) (-1 = no label), kept on one device."""
+    """Images (N, C, H, W) uint8, integer targets (N,) (-1 = no label) and optionally the experts' vote shares
+    `soft` (N, K) (rows sum to 1; what cross-entropy steps train on when present), kept on one device."""
 
-    def __init__(self, images: torch.Tensor | np.ndarray, targets: torch.Tensor | np.ndarray):
+    def __init__(self, images: torch.Tensor | np.ndarray, targets: torch.Tensor | np.ndarray,
+                 soft: torch.Tensor | np.ndarray | None = None):
         images = torch.as_tensor(images)
         if images.ndim == 4 and images.shape[-1] in (1, 3) and images.shape[1] not in (1, 3):
             images = images.permute(0, 3, 1, 2)  # (N, H, W, C) -> (N, C, H, W)
         self.images = images.contiguous()
         self.targets = torch.as_tensor(targets, dtype=torch.long)
+        self.soft = None if soft is None else torch.as_tensor(soft, dtype=torch.float32)
         assert len(self.images) == len(self.targets)
+        assert self.soft is None or len(self.soft) == len(self.targets)
 
     def __len__(self) -> int:
         return len(self.targets)
 
     def to(self, device) -> TensorData:
-        return TensorData(self.images.to(device), self.targets.to(device))
+        return TensorData(self.images.to(device), self.targets.to(device),
+                          None if self.soft is None else self.soft.to(device))
+
+    def subset(self, rows) -> TensorData:
+        """The rows `rows` (index array) as a new TensorData on the same device."""
+        idx = torch.as_tensor(rows, dtype=torch.long, device=self.images.device)
+        return TensorData(self.images[idx], self.targets[idx], None if self.soft is None else self.soft[idx])
 
 
 class Batch(NamedTuple):
@@ -42,6 +52,7 @@ class Batch(NamedTuple):
     y: torch.Tensor  # (B,) long, -1 = unlabeled
     idx: torch.Tensor  # (B,) long, sample index into the TensorData
     flip: torch.Tensor  # (B,) bool, which images were flipped horizontally
+    soft: torch.Tensor | None = None  # (B, K) vote shares when the data carries them
 
 
 def uses_bf16(device: torch.device, *, amp: bool) -> bool:
@@ -163,10 +174,11 @@ class TrainContext:
         src = idx.to(where, non_blocking=True)
         images = data.images[src].to(self.device, non_blocking=True)
         targets = data.targets[src].to(self.device, non_blocking=True)
+        soft = None if data.soft is None else data.soft[src].to(self.device, non_blocking=True)
         dev_idx = src if where == self.device else idx.to(self.device, non_blocking=True)
         if flip is None:
             flip = torch.zeros(len(idx), dtype=torch.bool, device=self.device)
-        return Batch(self.prepare(images, flip), targets, dev_idx, flip)
+        return Batch(self.prepare(images, flip), targets, dev_idx, flip, soft)
 
     def steps_per_epoch(self, n: int | None = None) -> int:
         """Batches per epoch; a last batch of a single image is dropped (BatchNorm cannot train on one sample)."""
@@ -210,10 +222,7 @@ class TrainContext:
 
     def predict_train(self, model: nn.Module | None = None, rows: torch.Tensor | None = None) -> torch.Tensor:
         """Predictions for the training set (N, K), or only for the training-set indices `rows` (R, K)."""
-        if rows is None:
-            return self.predict(self.train, model)
-        rows = torch.as_tensor(rows).to(self.train.images.device)
-        return self.predict(TensorData(self.train.images[rows], self.train.targets[rows]), model)
+        return self.predict(self.train if rows is None else self.train.subset(rows), model)
 
     def accuracy(self, data: TensorData, model: nn.Module | None = None) -> float:
         labeled = (data.targets >= 0).cpu()
