@@ -101,7 +101,8 @@ class EstimateConfig:
 @dataclass(frozen=True)
 class RuntimeConfig:
     out: str = _f("", "run folder to write (created)")
-    method: str = _f("mslg", "label-noise method (see `python -m engine methods`)")
+    method: str = _f("meta-finetune", "label-noise method (see `python -m engine methods`); the default won the "
+                     "label benchmark's expert-panel scenario (bench/RESULTS.md)")
     seed: int = _f(0, "random seed (split, init, shuffling)")
     device: str = _f("auto", "auto | cpu | cuda | mps")
     amp: bool = _f(True, "mixed precision on CUDA (ignored on CPU)")

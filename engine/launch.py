@@ -3,7 +3,7 @@
 The command becomes `python -m torch.distributed.run --standalone --nproc_per_node N -m engine run <the same
 arguments>` (each process sees torchrun's RANK/WORLD_SIZE and trains its share; `engine.distributed`). torchrun runs
 in this process's group, so Ctrl-C or the app's Cancel (a signal to the group) reaches every training process.
-Each process gets OMP_NUM_THREADS = this machine's CPU budget / N unless it is set. When torchrun ends with an error
+Each process gets OMP_NUM_THREADS = this job's CPU threads / N. When torchrun ends with an error
 and process 0 could not say why (it was the one killed), the run folder's status is marked failed here.
 """
 
@@ -38,11 +38,12 @@ def torchrun_command(argv: list[str], nproc: int) -> list[str]:
 
 
 def process_environment(nproc: int, env: dict | None = None) -> dict[str, str]:
-    """The environment of the training processes: OMP_NUM_THREADS = CPU budget / nproc (at least 1) unless set."""
-    from engine.runtime import cpu_budget
+    """The environment of the training processes: this job's CPU threads (`engine.runtime.thread_count`:
+    OMP_NUM_THREADS when set, e.g. by the app, else the CPU budget) shared among the `nproc` processes."""
+    from engine.runtime import thread_count
 
     env = dict(os.environ if env is None else env)
-    env.setdefault("OMP_NUM_THREADS", str(max(1, cpu_budget() // nproc)))
+    env["OMP_NUM_THREADS"] = str(max(1, thread_count() // nproc))
     env["PYTHONUNBUFFERED"] = "1"
     return env
 
