@@ -208,8 +208,8 @@ def label_estimate(prior: np.ndarray, votes: np.ndarray, *, known: np.ndarray, c
     calibrate: fit the temperature on `calibration_rows` (else T = 1); experts: `correlated` scores each image's
     vote pattern as one observation (`pattern_likelihood`; with a single expert it is the confusion matrix),
     `independent` multiplies the experts' confusion matrices (classic Dawid–Skene), `none` ignores the votes.
-    EM starts from the model's view (`init="prior"`): the first confusion matrices measure the experts against an
-    image model that never saw their votes on that image, so a careless expert is not taken at its word.
+    EM starts from the vote shares times the prior (classic Dawid–Skene): starting from the model's view alone would
+    leave EM at "nothing is known" whenever the model is uninformative (its temperature then flattens it).
     """
     if experts not in EXPERT_MODES:
         raise ValueError(f"experts must be one of {EXPERT_MODES}, got {experts!r}")
@@ -218,7 +218,7 @@ def label_estimate(prior: np.ndarray, votes: np.ndarray, *, known: np.ndarray, c
         votes = np.full((len(prior), 1), -1)
     strength = PATTERN_STRENGTH if experts == "correlated" and votes.shape[1] > 1 else None
     return estimate_labels(prior, votes, known=known, temperature=None if calibrate else 1.0,
-                           calibration_rows=calibration_rows, pattern_strength=strength, init="prior")
+                           calibration_rows=calibration_rows, pattern_strength=strength)
 
 
 # ---------------------------------------------------------------------------------------------------------------
