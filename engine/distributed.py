@@ -39,6 +39,7 @@ timeout (`--dist-timeout`).
 from __future__ import annotations
 
 import contextlib
+import inspect
 import math
 import os
 import pickle
@@ -462,8 +463,11 @@ def wrap(model: nn.Module, device: torch.device) -> nn.Module:
         return model
     from torch.nn.parallel import DistributedDataParallel
 
-    ddp = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None,
-                                  broadcast_buffers=False)
+    # no buffer broadcast before every forward (torch >= 2.14 names it forward_sync_buffers); buffers are equal at
+    # the start anyway, and `sync_buffers` averages them after every epoch
+    no_broadcast = ({"forward_sync_buffers": False} if "forward_sync_buffers" in
+                    inspect.signature(DistributedDataParallel.__init__).parameters else {"broadcast_buffers": False})
+    ddp = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None, **no_broadcast)
     ddp.register_comm_hook(None, _counting_allreduce)
     return ddp
 

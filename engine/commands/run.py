@@ -78,5 +78,6 @@ def run(args) -> int:
         preflight(cfg, resolve_device(cfg.runtime.device))  # every input problem once, before any process starts (exit 2, nothing written)
         return run_local(args._argv, cfg.runtime.nproc, cfg.runtime.out)
     out = run_pipeline(cfg)
-    print(f"done: {out}/labels.csv, metrics.json, model.pt")
+    if torchrun_world() is None or torchrun_world().main:
+        print(f"done: {out}/labels.csv, metrics.json, model.pt")
     return 0
