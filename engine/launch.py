@@ -31,10 +31,30 @@ def visible_gpus() -> int:
 
 
 def torchrun_command(argv: list[str], nproc: int) -> list[str]:
-    """argv of `engine` (e.g. ["run", DATASET, "--out", RUNDIR, ...]) -> the torchrun command that starts `nproc`
-    processes of it on this machine."""
+    """argv of `engine` (e.g. ["run", DATASET, "--out", RUNDIR, "--nproc", "2", ...]) -> the torchrun command that
+    starts `nproc` processes of it on this machine.
+
+    `--nproc` is left out of the processes' arguments: torchrun's own parser reads every argument that looks like
+    one of its options, and `--nproc` is an ambiguous abbreviation of its `--nproc-per-node` (it stops with "ambiguous
+    option"); the processes learn their number from torchrun (WORLD_SIZE), and config.json records it."""
     return [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(nproc),
-            "-m", "engine", *argv]
+            "-m", "engine", *without_nproc(argv)]
+
+
+def without_nproc(argv: list[str]) -> list[str]:
+    """`argv` without `--nproc N` / `--nproc=N`, or an abbreviation of it that argparse accepts (`--np 2`: `run` has
+    no other option starting with `--n`)."""
+    out, skip = [], False
+    for arg in argv:
+        if skip:
+            skip = False
+            continue
+        name = arg.split("=", 1)[0]
+        if len(name) > 2 and "--nproc".startswith(name):
+            skip = "=" not in arg
+            continue
+        out.append(arg)
+    return out
 
 
 def process_environment(nproc: int, env: dict | None = None) -> dict[str, str]:

@@ -12,11 +12,12 @@ What is left is floating-point order: the mean of two half-batch gradients (summ
 full-batch mean. It shows as a relative difference of about 1e-6 in the first epoch's loss and grows a little with
 training; measured (2026-11-26) over the six methods: at most 1.7e-5 on the method's own soft labels
 (`method_p:<class>`) and 2.1e-4 on the label estimate (`p:<class>`). The label estimate moves more because the
-temperature fitted on the meta set's 16 out-of-sample logits sits in a flat optimum (a change of 1e-5 in the logits
+temperature fitted on the meta set's 16 out-of-sample logits sits in a flat optimum (a change of about 1e-5 in the probabilities
 moved it from 6.2932 to 6.2882 for ce), and EM passes that on. Tolerances: 1e-4 on `method_p`, 1e-3 on `p` — five to
-six times the measured difference, and two orders of magnitude below what a sharding or synchronisation bug causes
-(a 1-process run with another global batch, or a missing all-reduce, differs by 1e-2 to 1e-1; the probabilities'
-spread here is about 0.4). Test and meta accuracy and the flags must be equal.
+six times the measured difference, and far below what a sharding or synchronisation bug causes (measured: a
+1-process run with global batch 6 instead of 8 differs by 0.37 on `p`; two processes without the all-reduce of the
+look-ahead gradients in MSLG's meta step differ by 0.08 on `p` and 1.0 on `method_p`; the probabilities' spread here
+is about 0.4). Test and meta accuracy and the flags must be equal.
 """
 
 from __future__ import annotations
@@ -44,6 +45,7 @@ METHODS = {"ce": [], "meta-finetune": [], "mslg": [], "metalabelnet": [], "mlc":
 # max |p(1 process) − p(2 processes)| over the rows of labels.csv (see the module docstring)
 TOLERANCE = {"method_p": 1e-4, "p": 1e-3}
 TIMEOUT_S = 240  # a run that takes longer has hung
+VIA_NPROC = ("ce", "meta-finetune")  # these two-process runs start as `engine run --nproc 2`, the others by torchrun
 
 
 @pytest.fixture(scope="module")
@@ -85,6 +87,12 @@ def torchrun(args: list[str]) -> subprocess.CompletedProcess:
                           timeout=TIMEOUT_S)
 
 
+def engine_nproc(args: list[str]) -> subprocess.CompletedProcess:
+    """`python -m engine run ... --nproc 2`: the engine starts torchrun itself (README's single-machine command)."""
+    return subprocess.run([sys.executable, "-m", "engine", *args, "--nproc", "2"], cwd=ROOT, env=environment(),
+                          capture_output=True, text=True, timeout=TIMEOUT_S)
+
+
 def labels(run: Path) -> pd.DataFrame:
     return pd.read_csv(run / "labels.csv", keep_default_na=False)
 
@@ -115,8 +123,10 @@ def runs(dataset, tmp_path_factory):
             base = tmp_path_factory.mktemp(method)
             one, two = base / "one", base / "two"
             assert main(run_args(dataset, one, method)) == 0
-            proc = torchrun(run_args(dataset, two, method))
+            launch = engine_nproc if method in VIA_NPROC else torchrun
+            proc = launch(run_args(dataset, two, method))
             assert proc.returncode == 0, proc.stderr[-4000:]
+            assert proc.stdout.count("done: ") == 1  # process 0 alone says where the results are
             done[method] = one, two
         return done[method]
 
@@ -127,6 +137,8 @@ def runs(dataset, tmp_path_factory):
 def test_two_processes_write_every_row_once_and_match_one_process(runs, method):
     one, two = runs(method)
     assert_close(labels(one), labels(two), method)
+    config = json.loads((two / "config.json").read_text())
+    assert config["world_size"] == 2 and config["runtime"]["nproc"] == 2
     ma, mb = (json.loads((r / "metrics.json").read_text()) for r in (one, two))
     assert mb["test_acc"] == ma["test_acc"] and mb["meta_acc"] == ma["meta_acc"]
     assert [h["epoch"] for h in mb["history"]] == [h["epoch"] for h in ma["history"]]
