@@ -30,6 +30,12 @@ extraction are split into contiguous blocks of rows and gathered (`gather_rows`)
 with identical models, tables and predictions; `check_in_sync` compares checksums of them after every epoch and
 stops the run with a clear error if they ever differ.
 
+Label estimation. The cross-fitting folds train on every process like the main training (sharded steps, held-out
+predictions gathered; process 0 saves each finished fold to crossfit.pt): they cost as much as the main training,
+so they scale with it, and process 0 training them alone would leave the others waiting past `--dist-timeout`. The
+EM that combines the out-of-sample probabilities with the votes (numpy, seconds) runs on every process from the
+same inputs; process 0 writes the outputs.
+
 Failures. A process that dies makes the others' next collective fail at once (gloo: connection closed) or torchrun
 stops them (SIGTERM); process 0 then writes status `failed` naming the lost process when it can see it (same
 machine), and the last finished epoch stays in checkpoint.pt. A process that hangs is stopped by the collectives'
