@@ -48,6 +48,11 @@ def _launch(at, method=None, **fields):
     assert not at.exception, at.exception
     if method:
         at.selectbox(key="train_method").set_value(method).run()
+    _submit(at, **fields)
+
+
+def _submit(at, **fields):
+    """Set the form's number fields (train_<name>) and press Launch training."""
     for name, value in fields.items():
         at.number_input(key=f"train_{name}").set_value(value)
     next(b for b in at.form_submit_button if b.label == "Launch training").click().run()
@@ -343,10 +348,7 @@ def test_several_visible_gpus_are_offered_and_the_run_goes_through_torchrun(at, 
     assert not at.exception, at.exception
     gpus = at.selectbox(key="train_gpus")
     assert gpus.options == ["1", "2"] and gpus.value == 2
-    at.number_input(key="train_schedule_epochs").set_value(2)
-    at.number_input(key="train_schedule_warmup_epochs").set_value(1)
-    next(b for b in at.form_submit_button if b.label == "Launch training").click().run()
-    assert not at.exception, at.exception
+    _submit(at, schedule_epochs=2, schedule_warmup_epochs=1)
     argv = fake_engine[0]
     assert argv[argv.index("--nproc") + 1] == "2"
     cfg = config_from_args(build_parser().parse_args(["run", *argv]))
