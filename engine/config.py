@@ -98,7 +98,7 @@ class EstimateConfig:
                                                                                       "none"))
     confusions: str = _f("em", "how each expert's confusion matrix is fitted: em (Dawid-Skene) or moments (measured "
                          "once against the calibrated model; for one grader per image, where EM tends to trust every "
-                         "vote - see bench/RESULTS.md, estimator study)", choices=("em", "moments"))
+                         "vote - see bench/RESULTS.md, issue 9)", choices=("em", "moments"))
 
 
 @dataclass(frozen=True)

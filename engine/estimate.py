@@ -144,11 +144,11 @@ def estimate_labels(pred_probs: np.ndarray | None, votes: np.ndarray, *, known: 
     `pattern_likelihood`), so errors the experts make together on hard images are not counted as independent
     evidence; None = the classic product of independent confusions.
     `confusion_fit`: `em` (Dawid–Skene) or `moments`: π_e[k, v] ∝ Σ_i q_ik [v_ie = v] over the rows without a known
-    label (the experts measured once against the calibrated model), then one E-step with independent experts. With one vote per image π is
-    not identifiable from the votes: a model trained on those votes already predicts them, so EM tends to explain
-    each vote by an expert who is always right (π ≈ I) and the vote wins every disagreement; `moments` is unbiased
-    when the model is calibrated for the truth and underrates the expert when it is not (bench/RESULTS.md,
-    "estimator study": neither wins every single-expert scenario, so `em` stays the default).
+    label (the experts measured once against the calibrated model), then one E-step with independent experts.
+    With one vote per image π is not identifiable from the votes: a model trained on those votes already predicts
+    them, so EM tends to explain each vote by an expert who is always right (π ≈ I) and the vote wins every
+    disagreement; `moments` is unbiased when the model is calibrated for the truth and underrates the expert when
+    it is not (bench/RESULTS.md, issue 9: neither wins every single-expert scenario, so `em` stays the default).
     """
     votes = np.asarray(votes, int)
     n = votes.shape[0]

@@ -525,7 +525,8 @@ def _estimate(cfg: RunConfig, rd: R.RunDir, data: PreparedData, result: dict, pi
     e = label_estimate(prior, data.votes, known=known, calibrate=calibrate,
                        calibration_rows=np.isin(np.arange(n), meta_rows), experts=est.experts,
                        confusions=est.confusions)
-    info.update(temperature=e.temperature, calibrated=calibrate, em_iterations=e.iterations, confusion_fit=est.confusions,
+    info.update(temperature=e.temperature, calibrated=calibrate, em_iterations=e.iterations,
+                confusion_fit=est.confusions,
                 experts={"mode": est.experts, "confusions": {name: np.round(e.confusions[j], 4).tolist()
                                                              for j, name in enumerate(_expert_names(cfg, data))}
                          if est.experts != "none" else {}})
