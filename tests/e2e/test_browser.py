@@ -218,7 +218,7 @@ def _flow(pg, url: str, workspace: Path, tmp_path: Path) -> None:
     assert len(roles_files) == 1
     shot(pg, "meta", tmp_path)
 
-    # 3. Train: a tiny mslg run through the form, watched until it is done
+    # 3. Train: a tiny run of the default method through the form, watched until it is done
     nav(pg, "3 · Train")
     pg.get_by_text("Uses your saved meta set").wait_for()
     pg.get_by_role("button", name="Launch training").wait_for(timeout=120_000)  # the method list comes from the CLI
@@ -324,9 +324,10 @@ def _flow(pg, url: str, workspace: Path, tmp_path: Path) -> None:
     pg.reload()
     pg.get_by_text(second_run.name).first.wait_for(timeout=60_000)
     idle(pg)
-    title = pg.locator('[data-testid="stMarkdownContainer"]', has_text=f"{second_run.name} · mslg").first
+    method = config["runtime"]["method"]  # the panel's title reads "<run> · <method> · <state>"
+    title = pg.locator('[data-testid="stMarkdownContainer"]', has_text=f"{second_run.name} · {method}").first
     assert "running" in title.inner_text()  # the panel's title: the running run, not the finished one
-    assert pg.locator('[data-testid="stMarkdownContainer"]', has_text=f"{run_dir.name} · mslg").count() == 0
+    assert pg.locator('[data-testid="stMarkdownContainer"]', has_text=f"{run_dir.name} · {method}").count() == 0
     pg.get_by_role("button", name="Cancel run").click()
     assert wait_state(second_run, ("cancelled", "done", "failed"), 120).get("state") in ("cancelled", "done")
     idle(pg)
