@@ -38,8 +38,9 @@ same inputs; process 0 writes the outputs.
 
 Failures. A process that dies makes the others' next collective fail at once (gloo: connection closed) or torchrun
 stops them (SIGTERM); process 0 then writes status `failed` naming the lost process when it can see it (same
-machine), and the last finished epoch stays in checkpoint.pt. A process that hangs is stopped by the collectives'
-timeout (`--dist-timeout`).
+machine), and the last finished epoch stays in checkpoint.pt. A process that hangs makes the others' next
+collective time out after `--dist-timeout` (`timed_out`): process 0 writes status `failed` saying so, and torchrun
+stops the hung process.
 """
 
 from __future__ import annotations
@@ -160,6 +161,20 @@ def stop() -> None:
     if dist.is_initialized():
         dist.destroy_process_group()
     _world, _peers = World(), []
+
+
+def timed_out(err: BaseException) -> bool:
+    """Whether `err` (or an exception it was raised from) is a collective that waited longer than the process
+    group's timeout (`--dist-timeout`): another process hung or is far behind. torch says so only in words (gloo:
+    "Timed out waiting ...", NCCL's watchdog: "... timeout ...")."""
+    seen = set()
+    while err is not None and id(err) not in seen:
+        seen.add(id(err))
+        if "timed out" in str(err).lower() or "timeout" in type(err).__name__.lower() or (
+                "watchdog" in str(err).lower() and "timeout" in str(err).lower()):
+            return True
+        err = err.__cause__ or err.__context__
+    return False
 
 
 def peers() -> list[tuple[str, int]]:

@@ -390,6 +390,8 @@ def _run(cfg: RunConfig, device: torch.device) -> Path:
             lost = _lost_processes(w)
             if lost:
                 _failed(rd, lost, traceback.format_exc())
+            elif w.active and D.timed_out(err):
+                _stalled(rd, cfg.runtime.dist_timeout, traceback.format_exc())
             else:
                 rd.log("failed:\n" + traceback.format_exc())
                 rd.write_status("failed", message=f"{type(err).__name__}: {err}", pid=_pid())
@@ -416,9 +418,19 @@ def _lost_processes(w: D.World, wait_s: float = 1.0) -> list[int]:
 def _failed(rd: R.RunDir, lost: list[int], detail: str = "") -> None:
     names = ", ".join(str(r) for r in lost)
     logs = ", ".join(R.rank_log(r) if r else R.LOG for r in lost)
-    message = (f"training process {names} stopped unexpectedly (killed or crashed; see {logs}), so the run "
-               "stopped" + ("; the last finished epoch is in checkpoint.pt: continue with --resume"
-                            if rd.path(R.CHECKPOINT).is_file() else "; no epoch had finished: start again"))
+    _fail(rd, f"training process {names} stopped unexpectedly (killed or crashed; see {logs}), so the run stopped",
+          detail)
+
+
+def _stalled(rd: R.RunDir, timeout_s: float, detail: str) -> None:
+    _fail(rd, f"another training process did not answer within --dist-timeout {timeout_s:g} s (it hangs, or is far "
+          "slower than this one: see the log.rank*.txt files), so the run stopped", detail)
+
+
+def _fail(rd: R.RunDir, what: str, detail: str = "") -> None:
+    """Status `failed` with `what` happened and whether --resume can continue; the log gets `detail` too."""
+    message = what + ("; the last finished epoch is in checkpoint.pt: continue with --resume"
+                      if rd.path(R.CHECKPOINT).is_file() else "; no epoch had finished: start again")
     rd.log("failed: " + message + (f"\n{detail}" if detail else ""))
     rd.write_status("failed", message=message, pid=_pid())
 

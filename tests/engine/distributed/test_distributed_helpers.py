@@ -42,6 +42,20 @@ def test_size_problems_name_the_option_and_the_fix():
     assert [p.file for p in meta] == ["meta set"] and "5 meta images in a cross-fitting fold" in meta[0].problem
 
 
+def test_timed_out_recognises_a_collective_timeout_anywhere_in_the_chain():
+    gloo = RuntimeError("[gloo/transport/tcp/unbound_buffer.cc:78] Timed out waiting 8000ms for recv operation")
+    try:
+        try:
+            raise gloo
+        except RuntimeError as inner:
+            raise RuntimeError("Got the following error when running the callback") from inner
+    except RuntimeError as outer:
+        assert D.timed_out(outer)
+    assert D.timed_out(RuntimeError("Watchdog caught collective operation timeout: WorkNCCL(SeqNum=7)"))
+    assert not D.timed_out(RuntimeError("Connection closed by peer [127.0.0.1]:29500"))
+    assert not D.timed_out(ValueError("bad input"))
+
+
 def test_input_error_pickles_whole():
     import pickle
 

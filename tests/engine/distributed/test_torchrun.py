@@ -22,6 +22,7 @@ is about 0.4). Test and meta accuracy and the flags must be equal.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -222,3 +223,34 @@ def test_a_killed_process_fails_the_run_clearly_and_its_checkpoint_resumes(runs,
     assert "the checkpoint was written by 2" in (run / "log.txt").read_text()
     assert json.loads((run / "config.json").read_text())["world_size"] == 1
     assert_close(labels(uninterrupted), labels(run), "resumed on 1 process")
+
+
+def test_a_hung_process_stops_the_run_after_the_timeout_with_a_clear_message(dataset, tmp_path):
+    """Process 1 stops answering (SIGSTOP) after the first checkpoint: process 0 waits --dist-timeout (8 s) at its
+    next all-reduce, then says so in status.json, and torchrun ends the job (it kills the stopped process after a
+    fixed 30 s grace period: torch 2.14's agent ignores --shutdown-timeout when a worker fails); nothing hangs."""
+    run = tmp_path / "hung"
+    args = run_args(dataset, run, "mslg", "--dist-timeout", "8")
+    proc = subprocess.Popen(torchrun_command(args), cwd=ROOT, env=environment(), stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, text=True)
+    pid = None
+    try:
+        _wait_for(lambda: _pid_of_rank(run, 1) is not None, TIMEOUT_S, "process 1's pid", proc)
+        _wait_for(lambda: (run / "checkpoint.pt").is_file(), TIMEOUT_S, "the first checkpoint", proc)
+        pid = _pid_of_rank(run, 1)
+        os.kill(pid, signal.SIGSTOP)
+        started = time.monotonic()
+        proc.wait(timeout=90)
+        stopped_after = time.monotonic() - started
+    finally:
+        if pid is not None:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGCONT)
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode != 0 and 8 <= stopped_after < 90
+    status = json.loads((run / "status.json").read_text())
+    assert status["state"] == "failed", status
+    assert "did not answer within --dist-timeout 8 s" in status["message"] and "--resume" in status["message"]
+    assert not (run / "labels.csv").exists()
