@@ -188,7 +188,7 @@ def _pid_of_rank(run: Path, rank: int) -> int | None:
 def test_a_killed_process_fails_the_run_clearly_and_its_checkpoint_resumes(runs, dataset, tmp_path):
     """Process 1 is killed (SIGKILL) after the first checkpoint: the run stops at once (no hang), status.json says
     which process died and that --resume continues; resuming on 2 processes gives exactly the uninterrupted run's
-    labels, and on 1 process (another number of processes) it finishes too."""
+    labels, and on 1 process (another number of processes) the same within the tolerance."""
     run = tmp_path / "killed"
     proc = subprocess.Popen(torchrun_command(run_args(dataset, run, "mslg")), cwd=ROOT, env=environment(),
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
@@ -223,6 +223,29 @@ def test_a_killed_process_fails_the_run_clearly_and_its_checkpoint_resumes(runs,
     assert "the checkpoint was written by 2" in (run / "log.txt").read_text()
     assert json.loads((run / "config.json").read_text())["world_size"] == 1
     assert_close(labels(uninterrupted), labels(run), "resumed on 1 process")
+
+
+def test_a_one_process_checkpoint_resumes_on_two_processes(runs, dataset, tmp_path):
+    """A 1-process run killed after its first checkpoint, resumed by torchrun on 2 processes: it finishes with the
+    uninterrupted 1-process run's labels within the tolerance, and config.json records the 2 processes."""
+    run = tmp_path / "one_then_two"
+    proc = subprocess.Popen([sys.executable, "-m", "engine", *run_args(dataset, run, "mslg")], cwd=ROOT,
+                            env=environment(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        _wait_for(lambda: (run / "checkpoint.pt").is_file(), TIMEOUT_S, "the first checkpoint", proc)
+        proc.kill()
+        proc.wait(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert not (run / "labels.csv").exists()
+    resumed = torchrun(run_args(dataset, run, "mslg", "--resume"))
+    assert resumed.returncode == 0, resumed.stderr[-4000:]
+    assert "the checkpoint was written by 1: the batches from here are split 2 ways" in (run / "log.txt").read_text()
+    assert json.loads((run / "config.json").read_text())["world_size"] == 2
+    one, _ = runs("mslg")
+    assert_close(labels(one), labels(run), "resumed on 2 processes")
 
 
 def test_a_hung_process_stops_the_run_after_the_timeout_with_a_clear_message(dataset, tmp_path):
