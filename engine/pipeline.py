@@ -272,6 +272,12 @@ def preflight(cfg: RunConfig, device: torch.device) -> tuple[R.RunDir, PreparedD
     cfg = cfg.resolved()
     validate_config(cfg)
     w = D.world()
+    if not w.active and cfg.runtime.nproc > 1:  # `engine run --nproc N`: can N processes share this device?
+        n = cfg.runtime.nproc
+        try:
+            D.process_device(device, D.World(size=n, local_size=n))
+        except ValueError as err:
+            raise InputError(Problem("--device", str(err))) from None
     rd = R.RunDir(Path(cfg.runtime.out), echo=console if w.main else None, rank=w.rank)
     D.on_main(lambda: _check_run_folder(cfg, rd))
     data = _prepare_on_main(cfg)
