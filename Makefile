@@ -4,12 +4,13 @@
 SHELL := /bin/bash
 PY := .venv/bin/python
 DEMO := data/demo
-METHOD ?= meta-finetune
+METHOD ?= ce
 DEMO_RUN := data/runs/demo-$(METHOD)
 # The app listens on this machine only (also pinned in app/.streamlit/config.toml, read from any folder).
 STREAMLIT := .venv/bin/streamlit run app/Home.py --server.address 127.0.0.1
-# The demo's DR auxiliary set is tiny (200 images), so its pretraining is no head start: the scratch recipe
-# (lr 0.05, cosine, 15 epochs) reaches test accuracy 0.75 where the fine-tuning recipe (lr 1e-3) stays at 0.55.
+# The demo's DR auxiliary set is tiny (200 images), so its pretraining is no head start: with the fine-tuning
+# recipe (lr 1e-3) the loss barely moves (1.10 -> 1.05 in 12 epochs), the scratch recipe (lr 0.05, cosine) trains
+# (measured with meta-finetune: test accuracy 0.75 vs 0.55).
 DEMO_FLAGS ?= --backbone resnet18 --image-size 64 --recipe scratch
 
 .PHONY: demo test lint bench app

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from engine.config import RuntimeConfig
 from engine.methods import list_methods
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -38,5 +39,6 @@ def test_quick_run_produces_every_row_with_consistent_scores(tmp_path):
     assert rows["majority"]["n_flagged"] == 0 and rows["majority"]["f1"] == 0
     # the product's row is the estimate on top of the method: same network, so the same test accuracy
     assert rows["pipeline:meta-finetune"]["test_acc"] == rows["ce+finetune"]["test_acc"]
+    assert rows["pipeline:ce"]["test_acc"] == rows["ce"]["test_acc"]
     table = (tmp_path / "quick.md").read_text()
-    assert "pipeline:meta-finetune" in table and "dawid-skene" in table
+    assert f"Default pipeline `pipeline:{RuntimeConfig().method}`" in table and "dawid-skene" in table

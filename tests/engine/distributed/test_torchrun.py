@@ -1,4 +1,4 @@
-"""`torchrun --standalone --nproc_per_node 2 -m engine run` (gloo, CPU) for ce, meta-finetune (the default), mslg,
+"""`torchrun --standalone --nproc_per_node 2 -m engine run` (gloo, CPU) for ce (the default), meta-finetune, mslg,
 metalabelnet, mlc and o2u against one process on the same global batch, and a process killed in the middle of a run.
 
 Setting: the 48-image tiny dataset with a roles file (24 training, 16 meta, 8 test images) and batch 8, chosen so
