@@ -19,6 +19,7 @@ COMMANDS = {
     "run": "run",
     "predict": "predict",
     "export": "export",
+    "metrics": "metrics",
     "methods": "methods",
 }
 

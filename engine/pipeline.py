@@ -298,6 +298,10 @@ def _pid() -> int:
 
 def run(cfg: RunConfig) -> Path:
     """Execute a run into `cfg.runtime.out`; returns the run folder. Raises InputError before training on bad input."""
+    from engine.reviewed import load_for_run, write_reviewed
+    from engine.warmstart import load_warm_model, with_warm_defaults
+
+    cfg = with_warm_defaults(cfg)  # --from-run: unset schedule options from the earlier run's, shortened
     cfg = cfg.resolved()  # unset schedule options from the recipe (recorded in config.json)
     validate_config(cfg)
     out = Path(cfg.runtime.out)
@@ -318,9 +322,12 @@ def run(cfg: RunConfig) -> Path:
             fix = f"choose another --out, or start over: {start_over}"
         raise InputError(Problem(str(out), "run folder exists and is not empty", fix))
     data = prepare_data(cfg)
+    reviewed, review_info = load_for_run(cfg.review.reviewed, data.frame, data.classes)  # --reviewed: verified labels
     device = resolve_device(cfg.runtime.device)
     model = _create_model(cfg, len(data.classes))  # checks backbone and weights before anything is written
     _check_image_size(model, cfg)
+    if cfg.review.from_run and not cfg.runtime.resume:
+        load_warm_model(model, cfg, data.classes)  # the checkpoint holds it on resume
 
     out.mkdir(parents=True, exist_ok=True)
     rd.write_status("running", stage="setup", epoch=0, of=cfg.schedule.epochs, pid=_pid(), message="")
@@ -328,6 +335,8 @@ def run(cfg: RunConfig) -> Path:
                 "device": str(device)}
     atomic.write_json(rd.path(R.CONFIG), resolved)
     atomic.write_csv(rd.path(R.ROLES), data.frame[[S.IMAGE, S.ROLE]])
+    if reviewed is not None:
+        write_reviewed(rd.path(R.REVIEWED), reviewed)
     rd.log(f"run {cfg.runtime.method} on {cfg.data.dataset} ({len(data.frame)} images, classes {data.classes}) "
            f"device {device}")
     sch = cfg.schedule
@@ -338,13 +347,19 @@ def run(cfg: RunConfig) -> Path:
            f", momentum {sch.momentum:g}, weight decay {sch.weight_decay:g}")
     for w in data.warnings:
         rd.log(f"warning: {w}")
+    if review_info:
+        rd.log(f"verified labels: {review_info['n_verified']} from {cfg.review.reviewed} "
+               f"({review_info['changed_from_majority']} differ from the experts' majority)")
+    if cfg.review.from_run:
+        rd.log(f"warm start from {cfg.review.from_run}: its model.pt; its settings where none were given")
     t0 = time.time()
     try:
         pixels = load_pixels(data, cfg, log=rd.log)
-        if cfg.pretrain.pretrain and not cfg.runtime.resume:
+        if cfg.pretrain.pretrain and not cfg.runtime.resume and not cfg.review.from_run:
             model = _pretrain(cfg, rd, device, len(data.classes))
         result = _train(cfg, rd, data, pixels, model, device)
         result["estimate"] = _estimate(cfg, rd, data, result, pixels, device)
+        result["review"] = review_info
         _write_outputs(cfg, rd, data, result, device, time.time() - t0)
     except KeyboardInterrupt:
         rd.log("interrupted: the last finished epoch is in checkpoint.pt; continue with --resume")
@@ -517,45 +532,55 @@ def _estimate(cfg: RunConfig, rd: R.RunDir, data: PreparedData, result: dict, pi
     main_seconds = float(sum(h.get("seconds", 0.0) for h in state.history))
     info: dict = {"folds": est.folds, "main_training_s": main_seconds}
     if est.folds >= 2:
-        sch = cfg.schedule
-        fs = fold_schedule(sch.epochs, min(sch.warmup_epochs, sch.epochs), tuple(cfg.milestones()), k=est.folds,
+        from engine.warmstart import fold_setup
+
+        images = f[S.IMAGE].to_numpy()
+        setup = fold_setup(cfg, rd, list(images[train_rows]), list(images[meta_rows]),
+                           ctx.train.targets.cpu().numpy(), ctx.meta.targets.cpu().numpy())
+        fcfg = setup.cfg  # a warm run's fresh folds train on the earlier run's full schedule
+        sch = fcfg.schedule
+        fs = fold_schedule(sch.epochs, min(sch.warmup_epochs, sch.epochs), tuple(fcfg.milestones()), k=est.folds,
                            budget=est.fold_budget)
         done = _load_folds(rd) if cfg.runtime.resume else {}
         rd.log(f"label estimation: {est.folds}-fold cross-fitting with {cfg.runtime.method}, {fs.epochs} epochs per "
-               f"fold (incl. {fs.warmup_epochs} warm-up)" + (f"; {len(done)} fold(s) kept from before" if done else ""))
+               f"fold (incl. {fs.warmup_epochs} warm-up)" + (f"; {len(done)} fold(s) kept from before" if done else "")
+               + (f"; {setup.note}" if setup.note else ""))
 
         def make_ctx(part_train: TensorData, part_meta: TensorData, fold: int) -> TrainContext:
             fold_model = _create_model(cfg, k, stream=100 + fold)
-            if cfg.pretrain.pretrain:
-                from engine.models import load_weights
-
-                load_weights(fold_model, rd.path(R.PRETRAIN))
-            fctx = _make_ctx(cfg, fold_model, k, part_train, part_meta, device, epochs=fs.epochs,
+            setup.init(fold_model, fold)  # DR-pretrained backbone, or the earlier run's fold network (warm start)
+            fctx = _make_ctx(fcfg, fold_model, k, part_train, part_meta, device, epochs=fs.epochs,
                              warmup_epochs=fs.warmup_epochs, milestones=fs.milestones, seed_offset=1000 * (fold + 1))
             fctx.on_step = lambda rec, fold=fold: _crossfit_status(rd, rec, fold, est.folds, fs.epochs)
             return fctx
 
         def save_fold(fold: int, res: dict) -> None:
             saved = _load_folds(rd)
-            saved[fold] = res
-            atomic.torch_save(rd.path(R.CROSSFIT), {str(i): {"train": torch.as_tensor(r["train"]),
+            saved[fold] = {**res, "train_images": [str(x) for x in images[train_rows][res["train_idx"]]],
+                           "meta_images": [str(x) for x in images[meta_rows][res["meta_idx"]]]}
+            # the fold's network and held-out images stay in the file: a later --from-run warm-starts each fold
+            atomic.torch_save(rd.path(R.CROSSFIT), {str(i): {**{key: r[key] for key in _FOLD_EXTRA if key in r},
+                                                             "train": torch.as_tensor(r["train"]),
                                                              "meta": torch.as_tensor(r["meta"]),
                                                              "seconds": float(r["seconds"])}
                                                     for i, r in saved.items()})
             rd.log(f"cross-fitting fold {fold + 1}/{est.folds} done in {res['seconds']:.1f}s")
 
         cf = crossfit(make_ctx, result["method"], result["method_cfg"], ctx.train, ctx.meta, k=est.folds,
-                      seed=cfg.runtime.seed, done=done, on_fold=save_fold)
+                      seed=cfg.runtime.seed, done=done, on_fold=save_fold, folds=setup.folds)
         prior[train_rows] = cf.train_probs
         if len(meta_rows):
             prior[meta_rows] = cf.meta_probs
         meta_y = f.loc[meta_rows, "_major_idx"].to_numpy()
         info.update(fold_epochs=fs.epochs, fold_warmup_epochs=fs.warmup_epochs, fold_seconds=cf.seconds,
+                    folds_warm_started=setup.warm,
                     cost_ratio=(sum(cf.seconds) / main_seconds) if main_seconds else None,
                     meta_acc_oos=float((cf.meta_probs.argmax(1) == meta_y).mean()) if len(meta_rows) else None)
     major = f["_major_idx"].to_numpy()
     known = np.full(n, -1)
     known[meta_rows] = major[meta_rows]
+    verified = f["_verified"].to_numpy() if "_verified" in f else np.full(n, -1)
+    known[verified >= 0] = verified[verified >= 0]  # reviewed labels are held fixed and anchor the confusions
     calibrate = est.calibration == "temperature" and est.folds >= 2  # meta probabilities are out-of-sample
     votes = data.votes if est.experts == "confusion" and data.votes.size else np.full((n, 1), -1)
     e = estimate_labels(prior, votes, known=known, temperature=None if calibrate else 1.0,
@@ -564,7 +589,7 @@ def _estimate(cfg: RunConfig, rd: R.RunDir, data: PreparedData, result: dict, pi
                 experts={"mode": est.experts, "confusions": {name: np.round(e.confusions[j], 4).tolist()
                                                              for j, name in enumerate(_expert_names(cfg, data))}
                          if est.experts == "confusion" else {}})
-    return {"posterior": e.posterior, "method_probs": method_probs,
+    return {"posterior": e.posterior, "method_probs": method_probs, "prior": e.prior, "verified": verified >= 0,
             "priority": review_priority(e.posterior, major, ordinal=data.ordinal), "known": known >= 0, "info": info}
 
 
@@ -581,8 +606,11 @@ def _load_folds(rd: R.RunDir) -> dict:
     from engine.safe_load import torch_load
 
     raw = torch_load(path, what="cross-fitting checkpoint")
-    return {int(i): {"train": r["train"].numpy(), "meta": r["meta"].numpy(), "seconds": r["seconds"]}
-            for i, r in raw.items()}
+    return {int(i): {**{key: r[key] for key in _FOLD_EXTRA if key in r}, "train": r["train"].numpy(),
+                     "meta": r["meta"].numpy(), "seconds": r["seconds"]} for i, r in raw.items()}
+
+
+_FOLD_EXTRA = ("model", "train_images", "meta_images")  # kept in crossfit.pt for a later warm start
 
 
 def _crossfit_status(rd: R.RunDir, rec: dict, fold: int, folds: int, epochs: int) -> None:
@@ -632,8 +660,12 @@ def _write_outputs(cfg: RunConfig, rd: R.RunDir, data: PreparedData, result: dic
         labels[S.prob_col(c)] = post[:, j].round(6)
     for j, c in enumerate(classes):
         labels[S.method_prob_col(c)] = estimate["method_probs"][:, j].round(6)
+    labels[S.VERIFIED] = estimate["verified"].astype(int)
     labels = pd.concat([labels, flags], axis=1)[S.labels_columns(classes)]
     atomic.write_csv(rd.path(R.LABELS), labels)
+    from engine.active import write_prior
+
+    write_prior(rd.path(R.PRIOR), f[S.IMAGE], classes, estimate["prior"])  # the review queue's quick refresh
 
     best = next((h for h in state.history if h["epoch"] == state.best_epoch), {})
     major = f["_major_idx"].to_numpy()
@@ -659,6 +691,7 @@ def _write_outputs(cfg: RunConfig, rd: R.RunDir, data: PreparedData, result: dic
         "n_flagged": n_flagged,
         "expected_wrong_majority": expected,
         "estimator": estimate["info"],
+        "review": {"reviewed": cfg.review.reviewed, "from_run": cfg.review.from_run, **(result.get("review") or {})},
         "warnings": run_warnings(cfg, state, best, n_flagged, expected),
         "history": state.history,
         "wall_time_s": wall,

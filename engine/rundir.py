@@ -18,6 +18,8 @@ CHECKPOINT = "checkpoint.pt"  # last complete epoch, for --resume
 PRETRAIN = "pretrain.pt"  # DR-pretraining backbone checkpoint
 CROSSFIT = "crossfit.pt"  # finished folds of the estimation stage, for --resume
 ROLES = "roles.csv"  # image, role as used by this run
+PRIOR = "prior.csv"  # image, prior:<class>: the label estimate's calibrated model probabilities (engine/active.py)
+REVIEWED = "reviewed.csv"  # the verified labels this run was given with --reviewed (engine/reviewed.py)
 
 STATES = ("queued", "running", "done", "failed", "cancelled")
 ACTIVE_STATES = ("queued", "running")

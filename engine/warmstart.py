@@ -1,0 +1,235 @@
+"""Warm start: a retrain that continues an earlier run (`--from-run OLD`) instead of starting over.
+
+What carries over from OLD:
+  - settings: every option the command line does not set takes OLD's value from its config.json (dataset,
+    classes, method and its parameters, model, image size, label estimation; `inherited_sections`), and OLD's
+    roles.csv is the roles file, so the meta and test sets stay the same and before/after accuracies compare;
+  - the network: OLD's model.pt (read with the safe loader, engine/safe_load.py) initialises the run's model;
+  - the cross-fitting folds: each fold network starts from OLD's network of the same fold and keeps the same
+    held-out images (OLD's crossfit.pt holds both), so every probability stays out-of-sample (a fold network never
+    trained on the labels of the images it grades) at a fraction of a fresh fold's cost;
+  - the schedule (options left unset): a short fine-tune of OLD's resolved schedule (`warm_schedule`).
+No DR pretraining runs again. When OLD has no fold networks to start from (a run written before this feature, or
+another --folds), the folds train afresh on OLD's full schedule, as in a first run, and the log says so.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from engine import rundir as R
+from engine.errors import InputError, Problem
+
+# A warm run fine-tunes a trained network on labels that differ in a few percent of the images: a third of the
+# epochs at a third of the learning rate, decayed to zero, recovers the cold retrain's accuracy on the review
+# benchmark (bench/RESULTS.md, "review simulation") at about a third of its cost.
+WARM_EPOCH_FRACTION = 0.3
+WARM_LR_FACTOR = 0.3
+NOT_INHERITED = {"runtime": ("out", "resume")}  # never taken from OLD (review and schedule are not inherited at all)
+
+
+def old_run(from_run: str | Path) -> Path:
+    """The folder of `--from-run`, checked to be a finished run (model.pt and config.json)."""
+    old = Path(from_run).expanduser()
+    fix = "pass the folder of a finished run (it holds model.pt, labels.csv and config.json)"
+    if not old.is_dir():
+        raise InputError(Problem(str(old), "--from-run folder not found", fix))
+    missing = [name for name in (R.MODEL, R.CONFIG) if not (old / name).is_file()]
+    if missing:
+        raise InputError(Problem(str(old), f"--from-run folder has no {' or '.join(missing)} (not a finished run)", fix))
+    return old
+
+
+def old_config(from_run: str | Path) -> dict:
+    path = old_run(from_run) / R.CONFIG
+    try:
+        config = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as err:
+        raise InputError(Problem(str(path), f"cannot read the earlier run's settings ({err})")) from None
+    if not isinstance(config, dict):
+        raise InputError(Problem(str(path), "is not a run's config.json"))
+    return config
+
+
+def warm_schedule(schedule: dict) -> dict:
+    """OLD's resolved schedule -> the warm run's: ceil(WARM_EPOCH_FRACTION × epochs) epochs (≥ 1), no warm-up,
+    WARM_LR_FACTOR × lr with a cosine decay; batch size, momentum and weight decay unchanged."""
+    epochs = max(1, math.ceil(WARM_EPOCH_FRACTION * int(schedule["epochs"]) - 1e-9))
+    return {"epochs": epochs, "warmup_epochs": 0, "batch_size": schedule["batch_size"],
+            "lr": float(schedule["lr"]) * WARM_LR_FACTOR, "lr_schedule": "cosine", "lr_milestones": "",
+            "momentum": schedule["momentum"], "weight_decay": schedule["weight_decay"]}
+
+
+def inherited_sections(from_run: str | Path) -> dict:
+    """OLD's settings as config sections (the CLI's base, under --config and command-line flags): every section but
+    `schedule` (made by `with_warm_defaults`) and `review`; data.roles = OLD's roles.csv. Keys this version no longer
+    knows are dropped."""
+    from engine.config import GROUPS
+
+    config = old_config(from_run)
+    out: dict = {}
+    for name, cls in GROUPS.items():
+        if name in ("schedule", "review") or not isinstance(config.get(name), dict):
+            continue
+        fields = {f.name for f in dataclasses.fields(cls)} - set(NOT_INHERITED.get(name, ()))
+        out[name] = {k: v for k, v in config[name].items() if k in fields}
+    roles = Path(from_run) / R.ROLES
+    if roles.is_file():
+        out.setdefault("data", {})["roles"] = str(roles)
+    if isinstance(config.get("method_params"), dict):
+        out["method_params"] = dict(config["method_params"])
+    return out
+
+
+def with_warm_defaults(cfg):
+    """`cfg` (a RunConfig) with its unset schedule options taken from OLD's warm schedule and, without --roles, OLD's
+    roles.csv; the --reviewed and --from-run paths made absolute (config.json records where they were)."""
+    from engine.config import ScheduleConfig
+
+    review = cfg.review
+    cfg = dataclasses.replace(cfg, review=dataclasses.replace(
+        review, **{k: str(Path(v).expanduser().resolve()) for k, v in dataclasses.asdict(review).items() if v}))
+    if not cfg.review.from_run:
+        return cfg
+    old = old_config(cfg.review.from_run)
+    if cfg.runtime.out and Path(cfg.runtime.out).resolve() == Path(cfg.review.from_run).resolve():
+        raise InputError(Problem("--out", "is the --from-run folder", "write the retrain into a new folder"))
+    sched = old.get("schedule") or {}
+    if any(sched.get(k) is None for k in ("epochs", "batch_size", "lr", "momentum", "weight_decay")):
+        raise InputError(Problem(str(Path(cfg.review.from_run) / R.CONFIG), "has no resolved schedule",
+                                 "warm-start from a run written by this version of the engine"))
+    warm = warm_schedule(sched)
+    current = dataclasses.asdict(cfg.schedule)
+    values = {k: (v if v is not None else warm.get(k)) for k, v in current.items() if k != "recipe"}
+    recipe = cfg.schedule.recipe if cfg.schedule.recipe != "auto" else sched.get("recipe") or "auto"
+    data = cfg.data
+    roles = Path(cfg.review.from_run) / R.ROLES
+    if not data.roles and roles.is_file():
+        data = dataclasses.replace(data, roles=str(roles))
+    return dataclasses.replace(cfg, schedule=ScheduleConfig(recipe=recipe, **values), data=data)
+
+
+def load_warm_model(model, cfg, classes: list[str]) -> dict:
+    """Load OLD's model.pt into `model` after checking it fits this run (classes in the same order, backbone,
+    image size); returns the file's metadata. Raises InputError naming the file and the fix."""
+    from engine.safe_load import torch_load
+
+    path = old_run(cfg.review.from_run) / R.MODEL
+    saved = torch_load(path, what="model of --from-run")
+    if not isinstance(saved, dict) or "state_dict" not in saved:
+        raise InputError(Problem(str(path), "is not a model.pt written by this tool"))
+    problems = []
+    if list(saved.get("classes", [])) != list(classes):
+        problems.append(Problem(str(path), f"was trained on the classes {saved.get('classes')}, this run has {classes}",
+                                "pass --classes in the earlier run's order, or train without --from-run"))
+    if saved.get("backbone") != cfg.model.backbone:
+        problems.append(Problem(str(path), f"is a '{saved.get('backbone')}' network, this run asks for "
+                                f"'{cfg.model.backbone}'", f"pass --backbone {saved.get('backbone')} or drop --from-run"))
+    if saved.get("image_size") != cfg.data.image_size:
+        problems.append(Problem(str(path), f"was trained at {saved.get('image_size')} px, this run uses "
+                                f"{cfg.data.image_size} px", f"pass --image-size {saved.get('image_size')}"))
+    if problems:
+        raise InputError(problems)
+    model.load_state_dict(saved["state_dict"])
+    return {k: v for k, v in saved.items() if k != "state_dict"}
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# cross-fitting folds
+
+
+@dataclass
+class FoldSetup:
+    """How the cross-fitting folds of a run start: their schedule's config, a fixed fold assignment (or None = the
+    usual stratified one), and `init(model, fold)` that loads the fold network's starting weights."""
+
+    cfg: object  # RunConfig whose schedule the folds train with
+    folds: tuple[np.ndarray, np.ndarray] | None
+    init: Callable[[object, int], None]
+    note: str = ""
+
+    @property
+    def warm(self) -> bool:
+        return self.folds is not None
+
+
+def fold_setup(cfg, rd: R.RunDir, images_train: list[str], images_meta: list[str], train_y: np.ndarray,
+               meta_y: np.ndarray) -> FoldSetup:
+    """The fold plan of a run: warm (OLD's fold networks on OLD's folds) when `--from-run` has them, else fresh
+    folds (initialised from the DR-pretraining backbone when there is one) on the usual schedule — OLD's full
+    schedule in a warm run, since a fresh fold network cannot learn in a warm run's few epochs."""
+    from engine.config import ScheduleConfig
+
+    k = cfg.estimate.folds
+    pretrain = _pretrain_file(cfg, rd)
+
+    def fresh(model, fold: int) -> None:
+        if pretrain is not None:
+            from engine.models import load_weights
+
+            load_weights(model, pretrain)
+
+    if not cfg.review.from_run:
+        return FoldSetup(cfg, None, fresh)
+    old = Path(cfg.review.from_run)
+    saved = _old_folds(old, k)
+    if saved is None:
+        sched = {k_: v for k_, v in (old_config(old).get("schedule") or {}).items()
+                 if k_ in {f.name for f in dataclasses.fields(ScheduleConfig)}}
+        cold = dataclasses.replace(cfg, schedule=ScheduleConfig(**sched))
+        return FoldSetup(cold, None, fresh, note=f"the earlier run has no {k} fold networks to start from: the folds "
+                         f"train afresh on its full schedule ({sched.get('epochs')} epochs)")
+    train_f = _map_folds(images_train, saved["train"], train_y, k, cfg.runtime.seed)
+    meta_f = _map_folds(images_meta, saved["meta"], meta_y, k, cfg.runtime.seed + 1)
+    states = saved["states"]
+
+    def warm(model, fold: int) -> None:
+        model.load_state_dict(states[fold])
+
+    return FoldSetup(cfg, (train_f, meta_f), warm, note=f"each of the {k} folds starts from the earlier run's fold "
+                     "network, on the same images")
+
+
+def _pretrain_file(cfg, rd: R.RunDir) -> Path | None:
+    if not cfg.pretrain.pretrain:
+        return None
+    own = rd.path(R.PRETRAIN)
+    if own.is_file() or not cfg.review.from_run:
+        return own
+    old = Path(cfg.review.from_run) / R.PRETRAIN  # a warm run does not pretrain again; OLD's backbone serves
+    return old if old.is_file() else None
+
+
+def _old_folds(old: Path, k: int) -> dict | None:
+    """OLD's fold networks and held-out images per fold, or None when it has not all `k` of them."""
+    from engine.safe_load import torch_load
+
+    path = old / R.CROSSFIT
+    if k < 2 or not path.is_file():
+        return None
+    raw = torch_load(path, what="cross-fitting checkpoint of --from-run")
+    if not isinstance(raw, dict) or set(raw) != {str(f) for f in range(k)}:
+        return None
+    if not all(isinstance(r, dict) and {"model", "train_images", "meta_images"} <= set(r) for r in raw.values()):
+        return None
+    return {"states": {int(f): r["model"] for f, r in raw.items()},
+            "train": {img: int(f) for f, r in raw.items() for img in r["train_images"]},
+            "meta": {img: int(f) for f, r in raw.items() for img in r["meta_images"]}}
+
+
+def _map_folds(images: list[str], fold_of: dict[str, int], labels: np.ndarray, k: int, seed: int) -> np.ndarray:
+    """Each image's fold in OLD; images OLD did not have (new to the dataset) are dealt to folds like a first run."""
+    from engine.crossfit import assign_folds
+
+    folds = np.array([fold_of.get(img, -1) for img in images], dtype=int)
+    new = folds < 0
+    if new.any():
+        folds[new] = assign_folds(np.asarray(labels)[new], k, seed)
+    return folds
