@@ -17,7 +17,7 @@ p:<class>; verified images are one-hot on the reviewed label) is the truth; test
 the export's accuracy (reviewed label, else the experts' majority); the realised precision of the reviewed flagged
 images vs the predicted one (engine/flag_precision.py); wall time of each run (the retrain cost ratio).
 
-    .venv/bin/python -m bench.review_sim                 # 3 seeds, 3 rounds, ~30 min on 2 CPU cores
+    .venv/bin/python -m bench.review_sim                 # 3 seeds, 4 rounds, ~20 min on 2 CPU cores
     .venv/bin/python -m bench.review_sim --quick         # smoke test (CI): 1 seed, 2 rounds, tiny data
 """
 
@@ -44,7 +44,7 @@ CLASSES = ("normal", "pre-plus", "plus")
 class Setup:
     n: int = 1200  # images (test 300, meta 30, train 870)
     size: int = 48  # px
-    rounds: int = 3  # review rounds after the first run
+    rounds: int = 4  # review rounds after the first run
     round_frac: float = 0.05  # share of the training images reviewed per round
     batches: int = 5  # the active order is refreshed after each batch of a round
     method: str = "ce"
@@ -95,19 +95,22 @@ def write_dataset(seed: int, setup: Setup, root: Path) -> dict:
 # ----------------------------------------------------------------------------------------------- runs
 
 
-def _engine(argv: list[str]) -> float:
-    """`python -m engine ...` in this process; returns its wall time in seconds."""
-    from engine.cli import main
+def _engine(argv: list[str]) -> dict:
+    """`python -m engine run ...` in this process (the CLI's parser and config, without its SIGTERM handler); returns
+    its wall time and this process's CPU time in seconds (one torch thread: CPU time is the compute it cost, whatever
+    else the shared machine runs)."""
+    from engine.cli import build_parser
+    from engine.commands.run import config_from_args
+    from engine.pipeline import run
 
-    t0 = time.time()
-    code = main(argv)
-    if code != 0:
-        raise RuntimeError(f"engine {' '.join(argv)} exited {code}")
-    return time.time() - t0
+    args = build_parser("run").parse_args(["run", *argv])
+    t0, c0 = time.time(), time.process_time()
+    run(config_from_args(args))
+    return {"wall_s": time.time() - t0, "cpu_s": time.process_time() - c0}
 
 
-def first_run(seed: int, setup: Setup, ds: Path, out: Path) -> float:
-    return _engine(["run", str(ds), "--out", str(out), "--method", setup.method, "--classes", ",".join(CLASSES),
+def first_run(seed: int, setup: Setup, ds: Path, out: Path) -> dict:
+    return _engine([str(ds), "--out", str(out), "--method", setup.method, "--classes", ",".join(CLASSES),
                     "--backbone", setup.backbone, "--image-size", str(setup.size), "--recipe", "scratch",
                     "--epochs", str(setup.epochs), "--warmup-epochs", str(setup.warmup_epochs), "--folds",
                     str(setup.folds), "--seed", str(seed), "--device", "cpu", "--max-steps", str(setup.max_steps)])
@@ -129,7 +132,7 @@ def measure(run: Path, truth: dict, train: list[str], majority: dict, reviewed: 
             "export_acc": float(np.mean([a == b for a, b in zip(export, true, strict=True)])),
             "test_acc": metrics.get("test_acc"), "meta_acc": metrics.get("meta_acc"),
             "n_flagged_train": int(labels.loc[train, S.FLAG].astype(int).sum()),
-            "wall_s": metrics.get("wall_time_s"), "epochs": len(metrics.get("history", []))}
+            "run_wall_s": metrics.get("wall_time_s"), "epochs": len(metrics.get("history", []))}
 
 
 def pick(ordering: str, run: Path, pool: list[str], budget: int, truth: dict, *, seed: int, rnd: int,
@@ -189,11 +192,11 @@ def chain(args: tuple) -> list[dict]:
         csv = folder / f"reviewed{rnd}.csv"
         csv.write_text("image,label\n" + "".join(f"{i},{c}\n" for i, c in reviewed.items()), encoding="utf-8")
         out = folder / f"run{rnd}"
-        seconds = _engine(["run", "--out", str(out), "--from-run", str(prev), "--reviewed", str(csv),
+        cost = _engine(["--out", str(out), "--from-run", str(prev), "--reviewed", str(csv),
                            "--max-steps", str(setup.max_steps)])
         row = {"seed": seed, "ordering": ordering, "round": rnd, "reviewed": len(reviewed),
                "reviewed_frac": len(reviewed) / len(train), "changed": sum(truth[i] != majority[i] for i in new),
-               "seconds": seconds, "precision": prec, **measure(out, truth, train, majority, reviewed)}
+               **cost, "precision": prec, **measure(out, truth, train, majority, reviewed)}
         rows.append(row)
         prev = out
     return rows
@@ -205,9 +208,9 @@ def start(args: tuple) -> dict:
     folder = root / f"seed{seed}"
     data = write_dataset(seed, setup, folder / "dataset")
     (folder / "cell.json").write_text(json.dumps(data))
-    seconds = first_run(seed, setup, folder / "dataset", folder / "run0")
+    cost = first_run(seed, setup, folder / "dataset", folder / "run0")
     row = {"seed": seed, "ordering": "none", "round": 0, "reviewed": 0, "reviewed_frac": 0.0, "changed": 0,
-           "seconds": seconds, **measure(folder / "run0", data["truth"], data["train"], data["majority"], {})}
+           **cost, **measure(folder / "run0", data["truth"], data["train"], data["majority"], {})}
     return row
 
 
@@ -260,13 +263,16 @@ def markdown(rows: list[dict], setup: Setup, seeds: list[int]) -> str:
             c = s[(o, rnd)]
             lines.append(f"| {o} | {100 * rnd * setup.round_frac:.0f} % | {_ms(c['recovery'])} | {_ms(c['d_recovery'])} "
                          f"| {_ms(c['test_acc'])} | {_ms(c['d_test'])} | {_ms(c['export_acc'])} |")
-    first = [r for r in rows if r["round"] == 0]
+    first = {r["seed"]: r for r in rows if r["round"] == 0}
     warm = [r for r in rows if r["round"] > 0]
-    ratio = [w["wall_s"] / next(f["wall_s"] for f in first if f["seed"] == w["seed"]) for w in warm]
+    cpu = [w["cpu_s"] / first[w["seed"]]["cpu_s"] for w in warm]
+    wall = [w["wall_s"] / first[w["seed"]]["wall_s"] for w in warm]
     lines.append("")
-    lines.append(f"Retrain cost (`--from-run`, wall time of the run / the first run's, {len(ratio)} retrains): "
-                 f"mean {np.mean(ratio):.2f}, max {np.max(ratio):.2f}; first run {np.mean([f['wall_s'] for f in first]):.0f} s, "
-                 f"retrain {np.mean([w['wall_s'] for w in warm]):.0f} s on average.")
+    lines.append(f"Retrain cost (`--from-run`), {len(warm)} retrains / their seed's first run: CPU time mean "
+                 f"{np.mean(cpu):.2f} (max {np.max(cpu):.2f}); wall time mean {np.mean(wall):.2f} (max {np.max(wall):.2f}, "
+                 f"load of the shared machine included). First run {np.mean([f['cpu_s'] for f in first.values()]):.0f} "
+                 f"CPU s, retrain {np.mean([w['cpu_s'] for w in warm]):.0f} CPU s on average; epochs "
+                 f"{first[next(iter(first))]['epochs']} → {warm[0]['epochs']}.")
     k = min(2, setup.rounds)  # the issue's checkpoint: after 10 % of the training images
     gain = {o: np.mean(s[(o, k)]["d_recovery"]) for o in ORDERINGS}
     lines.append(f"After {100 * k * setup.round_frac:.0f} % reviewed: recovery gain active {100 * gain['active']:+.1f} "

@@ -299,7 +299,7 @@ def _pid() -> int:
 def run(cfg: RunConfig) -> Path:
     """Execute a run into `cfg.runtime.out`; returns the run folder. Raises InputError before training on bad input."""
     from engine.reviewed import load_for_run, write_reviewed
-    from engine.warmstart import load_warm_model, with_warm_defaults
+    from engine.warmstart import load_warm_model, warm_record, with_warm_defaults
 
     cfg = with_warm_defaults(cfg)  # --from-run: unset schedule options from the earlier run's, shortened
     cfg = cfg.resolved()  # unset schedule options from the recipe (recorded in config.json)
@@ -332,7 +332,7 @@ def run(cfg: RunConfig) -> Path:
     out.mkdir(parents=True, exist_ok=True)
     rd.write_status("running", stage="setup", epoch=0, of=cfg.schedule.epochs, pid=_pid(), message="")
     resolved = {**cfg.to_dict(), "versions": versions(), "git_commit": git_commit(), "classes": data.classes,
-                "device": str(device)}
+                "device": str(device), **warm_record(cfg)}
     atomic.write_json(rd.path(R.CONFIG), resolved)
     atomic.write_csv(rd.path(R.ROLES), data.frame[[S.IMAGE, S.ROLE]])
     if reviewed is not None:

@@ -237,6 +237,11 @@ def _flow(pg, url: str, workspace: Path, tmp_path: Path) -> None:
     pg.locator("body").press("m")  # keyboard shortcut: keep the majority
     idle(pg)
     assert pg.get_by_text(re.compile(r"^2 of \d+ reviewed$")).count() == 1
+    third = pg.locator("h4").first.inner_text().strip()
+    pg.locator("body").press("a")  # keyboard shortcut: accept the suggestion
+    idle(pg)
+    assert pg.get_by_text(re.compile(r"^3 of \d+ reviewed$")).count() == 1
+    assert pg.get_by_text(re.compile(r"^Flag precision so far: \d of 3 reviewed flags changed")).count() == 1
 
     # 5. Export: written into the run folder, holding the override with source=review
     nav(pg, "5 · Export")
@@ -248,7 +253,40 @@ def _flow(pg, url: str, workspace: Path, tmp_path: Path) -> None:
     assert exported.loc[row["image"], "final_label"] == choice
     assert exported.loc[row["image"], "source"] == "review"
     assert exported.loc[row["image"], "reviewer"] == "Dr E2E"
-    assert (exported["source"] == "review").sum() == 2  # the override and the kept majority
+    assert (exported["source"] == "review").sum() == 3  # the override, the kept majority, the accepted suggestion
+    reviewed = {img: exported.loc[img, "final_label"] for img in exported.index[exported["source"] == "review"]}
+    assert any(img.endswith("/" + third) or img == third for img in reviewed)
+
+    # 6. Retrain with the 3 reviews: a warm-started run; its labels.csv marks them verified; before -> after
+    pg.get_by_role("button", name="Retrain with my 3 reviews").click()
+    idle(pg)
+    with sqlite3.connect(workspace / "review.db") as conn:
+        new_runs = [Path(r[0]) for r in conn.execute("SELECT run_dir FROM runs") if Path(r[0]) != run_dir]
+    assert len(new_runs) == 1
+    new_dir = new_runs[0]
+    deadline = time.monotonic() + TRAIN_TIMEOUT_S
+    status = {}
+    while time.monotonic() < deadline:
+        if (new_dir / "status.json").exists():
+            status = json.loads((new_dir / "status.json").read_text())
+            if status.get("state") in ("done", "failed", "cancelled"):
+                break
+        time.sleep(3)
+    assert status.get("state") == "done", (status, (new_dir / "log.txt").read_text()[-3000:]
+                                           if (new_dir / "log.txt").exists() else "no log")
+    new_config = json.loads((new_dir / "config.json").read_text())
+    assert new_config["review"]["from_run"] == str(run_dir) and new_config["schedule"]["warmup_epochs"] == 0
+    new_labels = pd.read_csv(new_dir / "labels.csv", keep_default_na=False).set_index("image")
+    assert set(new_labels.index[new_labels["verified"] == 1]) == set(reviewed)
+    for img, label in reviewed.items():
+        assert new_labels.loc[img, "suggested"] == label
+    pg.get_by_text("Before → after").first.wait_for(timeout=60_000)
+    idle(pg)
+    table = pg.locator('[data-testid="stTable"]').filter(has_text="verified images")
+    assert table.count() == 1
+    assert re.search(r"test accuracy\s+\d+\.\d %\s+\d+\.\d %", table.inner_text())
+    assert re.search(r"verified images\s+0\s+3", table.inner_text())
+    shot(pg, "retrain", tmp_path)
 
     nav(pg, "Overview")
     shot(pg, "overview", tmp_path)
