@@ -23,7 +23,8 @@ MAIN_FIELDS = [("model", "backbone"), ("data", "image_size"), ("schedule", "epoc
                ("schedule", "warmup_epochs"), ("schedule", "batch_size"), ("schedule", "lr")]
 PRETRAIN_GROUP = "pretrain"
 APP_OWNED = {("data", "dataset"), ("data", "roles"), ("data", "classes"), ("data", "meta"), ("data", "test"),
-             ("data", "cache_dir"), ("runtime", "out"), ("runtime", "method"), ("runtime", "resume")}
+             ("data", "cache_dir"), ("runtime", "out"), ("runtime", "method"), ("runtime", "resume"),
+             ("review", "reviewed"), ("review", "from_run")}  # the Review/Export pages' "Retrain with my N reviews"
 
 
 def more_fields() -> list[tuple[str, str]]:

@@ -9,7 +9,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from app import jobs
 from engine.active import refresh, review_value
+from engine.cli import build_parser
+from engine.commands.run import config_from_args
 from engine.data.schema import prob_cols
 from engine.store import WorkspaceStore
 from tests.app.conftest import CLASSES, make_fake_run
@@ -104,7 +107,7 @@ def test_precision_beside_prediction(at, fake_run, workspace):
     assert metrics["Flag precision, realised"] == "67 %" and metrics["Flag precision, predicted"] == f"{predicted} %"
 
 
-def test_retrain_button_launches_a_warm_run_with_the_reviews(at, fake_run, workspace, fake_engine):  # noqa: F811
+def test_retrain_button_launches_a_warm_run_with_the_reviews(at, fake_run, demo, workspace, fake_engine):  # noqa: F811
     flagged = _flagged(fake_run)
     decided = {img: "plus" for img in flagged["image"][:3]}
     _decide(workspace, fake_run, decided)
@@ -124,6 +127,12 @@ def test_retrain_button_launches_a_warm_run_with_the_reviews(at, fake_run, works
     with WorkspaceStore(workspace / "review.db") as store:
         new = [r for r in store.list_runs() if (r["config"] or {}).get("form", {}).get("from_run")]
     assert len(new) == 1 and new[0]["run_dir"] == argv[argv.index("--out") + 1]
+    # the argv parses with the engine's own parser; the dataset comes from the earlier run's settings
+    (fake_run / "model.pt").write_bytes(b"")  # a fake run has no network; the parser only checks the file is there
+    cfg = config_from_args(build_parser().parse_args(["run", *argv[1:]]))
+    assert cfg.review.from_run == str(fake_run.resolve()) and cfg.data.dataset == str(demo)
+    for r in new:
+        jobs.cancel(jobs.view(r))
 
 
 def test_no_reviews_no_retrain(at, fake_run):
