@@ -42,7 +42,7 @@ CLASSES = ("normal", "pre-plus", "plus")
 
 @dataclass(frozen=True)
 class Setup:
-    n: int = 1200  # images (test 300, meta 30, train 870)
+    n: int = 2000  # images (test 400, meta 30, train 1570), as in bench/label_bench.py
     size: int = 48  # px
     rounds: int = 4  # review rounds after the first run
     round_frac: float = 0.05  # share of the training images reviewed per round

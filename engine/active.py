@@ -1,20 +1,21 @@
 """Active review ordering: which image a clinician should look at next, refreshed cheaply after each batch of decisions.
 
-The expected value of reviewing image i (higher = review first; 0 for images with a known label), from the label
-estimate P(y_i = k) (the posterior of engine/estimate.py):
+The expected value of reviewing image i (higher = review first; 0 for images with a known label) is the expected
+severity of the error in the label the tool currently gives it, under the label estimate P(y_i = k) (the posterior
+of engine/estimate.py), whose suggestion is ŷ_i = argmax_k P(y_i = k):
 
-    value_i = ½ · E[d(y_i, suggested_i)] + ½ · E[d(y_i, majority_i)]
+    value_i = E[d(y_i, ŷ_i)] = Σ_k P(y_i = k) · d(k, ŷ_i)
 
 with d(k, j) = |k − j| / (K − 1) on an ordinal class scale (a normal↔plus error costs twice an adjacent one) and
-d(k, j) = [k ≠ j] on a nominal one. The two halves are what a review fixes:
-  - the tool's label of the image: the estimate's suggestion is wrong with probability 1 − confidence, and a
-    reviewed label is held fixed from then on (the first term is 1 − confidence on a nominal scale);
-  - the model's training target: an unreviewed image trains on the experts' majority, wrong with probability
-    `flag_score`; a review replaces that target in the next run and anchors every expert's confusion matrix (the
-    second term is `flag_score` on a nominal scale, `priority` on an ordinal one).
-So an image whose wrong majority the estimate has already corrected with confidence is worth about half of one on
-which the estimate is unsure and the experts may be wrong, and an image on which both agree and are sure is worth
-nothing. Ordering by `flag_score` alone keeps spending reviews on the first kind.
+d(k, j) = [k ≠ j] on a nominal one (then value = 1 − confidence). It is the probability that the current label is
+wrong, weighted by what fixing it is worth: the severity of the error, and its effect on the model — the images the
+estimate is unsure of are the ones where the network's view and the experts' votes pull apart (class borders,
+ties), so a verified label there teaches the retrained network and re-anchors the experts' confusion matrices
+most (uncertainty sampling). A weight on the training target (P(majority wrong), as in `flag_score`) was measured
+and left out: ½ label + ½ target raised label recovery after 10 % reviewed 1.6× as much as random reviews did,
+this rule about twice as much (bench/RESULTS.md, "Review simulation"). Ordering by `flag_score` instead finds the
+wrong majority labels first, which the export keeps until someone reviews them: choose it when the export matters
+more than the labels and the model.
 
 Orderings (`ORDERINGS`): `value` (the rule above), `flag_score` (P(majority wrong)), `random` (seeded; for audits:
 the realised precision of a random part of the queue estimates the whole queue's, see engine/flag_precision.py).
@@ -64,12 +65,12 @@ def expected_cost(posterior: np.ndarray, label: np.ndarray, *, ordinal: bool) ->
 
 def review_value(posterior: np.ndarray, majority: np.ndarray, *, ordinal: bool,
                  known: np.ndarray | None = None) -> np.ndarray:
-    """Expected value of a review (N,), higher = review first (module docstring); 0 where the label is known or the
-    image has no majority (nobody graded it)."""
+    """Expected value of a review (N,) = E[d(y, suggested)] (module docstring), higher = review first; 0 where the
+    label is known or the image has no majority (nobody graded it: not in the review queue)."""
     post = np.asarray(posterior, float)
     majority = np.asarray(majority, int)
     suggested = post.argmax(1) if len(post) else np.zeros(0, int)
-    value = 0.5 * expected_cost(post, suggested, ordinal=ordinal) + 0.5 * expected_cost(post, majority, ordinal=ordinal)
+    value = expected_cost(post, suggested, ordinal=ordinal)
     reviewable = majority >= 0
     if known is not None:
         reviewable &= ~np.asarray(known, bool)

@@ -21,10 +21,11 @@ import streamlit as st
 
 REFRESH_EVERY = 5
 LABELS = {"value": "Expected value", "flag_score": "Flag score", "random": "Random (audit)"}
-HELP = ("Expected value: how much a review is likely to fix, in the labels and in the model's training targets, "
-        "weighted by how far apart the classes are (refreshed every 5 decisions). Flag score: the probability that "
-        "the experts' majority label is wrong. Random: a fixed random order, so the share of changed labels among "
-        "the first images you review estimates the precision of the whole queue.")
+HELP = ("Expected value: the probability that the tool's current label of the image is wrong, weighted by how far "
+        "apart the classes are; your reviews there improve the labels and the retrained model most (refreshed every "
+        "5 decisions). Flag score: the probability that the experts' majority label is wrong; finds the labels the "
+        "export would keep wrongly first. Random: a fixed random order, so the share of changed labels among the "
+        "first images you review estimates the precision of the whole queue.")
 
 
 @st.cache_data(max_entries=16, show_spinner=False)

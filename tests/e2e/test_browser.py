@@ -286,6 +286,7 @@ def _flow(pg, url: str, workspace: Path, tmp_path: Path) -> None:
     assert table.count() == 1
     assert re.search(r"test accuracy\s+\d+\.\d %\s+\d+\.\d %", table.inner_text())
     assert re.search(r"verified images\s+0\s+3", table.inner_text())
+    table.scroll_into_view_if_needed()
     shot(pg, "retrain", tmp_path)
 
     nav(pg, "Overview")

@@ -16,22 +16,23 @@ def test_distance_matrix_ordinal_and_nominal():
 
 
 def test_review_value_by_hand():
-    post = np.array([[0.5, 0.5, 0.0],    # unsure, majority may be wrong
-                     [0.05, 0.05, 0.9],  # majority (normal) corrected with confidence
+    post = np.array([[0.5, 0.5, 0.0],    # unsure between two adjacent classes
+                     [0.05, 0.05, 0.9],  # the majority (normal) corrected with confidence
                      [0.95, 0.05, 0.0],  # experts and estimate agree, sure
-                     [0.2, 0.0, 0.8],    # as row 2 on a nominal scale, but the likely error is normal<->plus
+                     [0.45, 0.0, 0.55],  # unsure between normal and plus: the severe kind of error
                      [0.3, 0.3, 0.4]])
     majority = np.array([0, 0, 0, 0, -1])
     v = review_value(post, majority, ordinal=True)
-    # ½·E[d(y, suggested)] + ½·E[d(y, majority)], d = |k - j| / 2
-    assert v[0] == pytest.approx(0.5 * 0.25 + 0.5 * 0.25)
-    assert v[1] == pytest.approx(0.5 * (0.05 * 1 + 0.05 * 0.5) + 0.5 * (0.05 * 0.5 + 0.9 * 1))
-    assert v[2] == pytest.approx(0.5 * 0.025 + 0.5 * 0.025)
-    assert v[3] == pytest.approx(0.5 * 0.2 + 0.5 * 0.8)
-    assert v[4] == 0.0  # nobody graded it: nothing to review
+    # E[d(y, suggested)], d = |k - j| / 2 on the ordinal scale normal < pre-plus < plus
+    assert v[0] == pytest.approx(0.5 * 0.5)  # suggested normal (first of the tie); pre-plus is one step away
+    assert v[1] == pytest.approx(0.05 * 1 + 0.05 * 0.5)
+    assert v[2] == pytest.approx(0.05 * 0.5)
+    assert v[3] == pytest.approx(0.45 * 1)
+    assert v[4] == 0.0  # nobody graded it: not in the review queue
+    assert v[3] > v[0] > v[1] > v[2]  # a likely normal<->plus error first, a confident correction late
     nominal = review_value(post, majority, ordinal=False)
-    assert nominal[1] == pytest.approx(0.5 * 0.1 + 0.5 * 0.95)  # ½(1 − confidence) + ½ flag_score
-    assert v[2] < v[0] and v[2] < v[1]
+    assert nominal[:4] == pytest.approx(1 - post[:4].max(1))  # nominal: P(the suggested label is wrong)
+    assert nominal[0] > nominal[3]  # without a severity scale the 50/50 image is the least certain
     known = review_value(post, majority, ordinal=True, known=np.array([True, False, False, False, False]))
     assert known[0] == 0.0 and known[1] == v[1]
 
