@@ -12,10 +12,10 @@ DEMO_FLAGS ?= --backbone resnet18 --image-size 64 --epochs 12 --warmup-epochs 4 
 
 .PHONY: demo test lint bench app
 
-.venv/stamp: requirements.txt requirements-test.txt
+.venv/stamp: requirements.txt requirements-test.txt requirements-bench.txt
 	test -x $(PY) || python3 -m venv .venv
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -r requirements.txt -r requirements-test.txt
+	$(PY) -m pip install -q -r requirements.txt -r requirements-test.txt -r requirements-bench.txt
 	touch $@
 
 # make demo METHOD=metalabelnet (or any name from `python -m engine methods`) trains another method.

@@ -32,6 +32,9 @@ class DataConfig:
     test: float = _f(300, "test-set size: a count, or a fraction of consensus images if < 1 (ROP study: 300)")
     image_size: int = _f(224, "network input size after centre crop (ROP study: 224 from 256)")
     cache_dir: str = _f("", "decoded-image cache folder (default: DATASET/.cache next to votes.csv)")
+    targets: str = _f("votes", "what cross-entropy trains on (warm-up, ce, meta-finetune): the experts' vote shares "
+                      "(a 2-1 split is not a unanimous vote; chosen on the benchmark) or the majority label",
+                      choices=("votes", "majority"))
     ordinal: str = _f("auto", "the class order is a severity scale (weighs a normal↔plus error above an adjacent one): "
                       "auto = when the classes are a known scale such as normal,pre-plus,plus", choices=("auto", "yes",
                                                                                                      "no"))

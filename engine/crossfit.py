@@ -19,7 +19,6 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
-import torch
 
 from engine.train.context import TensorData, TrainContext
 from engine.train.loop import fit, restore_best
@@ -101,14 +100,14 @@ def crossfit(make_ctx: MakeContext, method_cls, method_cfg, train: TensorData, m
     for f in range(k):
         if f not in done:
             t0 = time.time()
-            part_train = _subset(train, np.flatnonzero(tf != f))
-            part_meta = _subset(meta, np.flatnonzero(mf != f))
+            part_train = train.subset(np.flatnonzero(tf != f))
+            part_meta = meta.subset(np.flatnonzero(mf != f))
             ctx = make_ctx(part_train, part_meta, f)
             method = method_cls(method_cfg, ctx)
             state = fit(ctx, method)
             model = restore_best(ctx, method, state)
-            done[f] = {"train": ctx.predict(_subset(train, np.flatnonzero(tf == f)), model).numpy(),
-                       "meta": ctx.predict(_subset(meta, np.flatnonzero(mf == f)), model).numpy(),
+            done[f] = {"train": ctx.predict(train.subset(np.flatnonzero(tf == f)), model).numpy(),
+                       "meta": ctx.predict(meta.subset(np.flatnonzero(mf == f)), model).numpy(),
                        "seconds": time.time() - t0,
                        "model": {name: v.detach().cpu().clone() for name, v in model.state_dict().items()},
                        "train_idx": np.flatnonzero(tf == f), "meta_idx": np.flatnonzero(mf == f)}
@@ -122,8 +121,3 @@ def crossfit(make_ctx: MakeContext, method_cls, method_cfg, train: TensorData, m
         meta_probs[mf == f] = res["meta"]
         seconds.append(float(res["seconds"]))
     return CrossFit(train_probs, meta_probs, tf, mf, seconds)
-
-
-def _subset(data: TensorData, rows: np.ndarray) -> TensorData:
-    idx = torch.as_tensor(rows, dtype=torch.long, device=data.images.device)
-    return TensorData(data.images[idx], data.targets[idx])

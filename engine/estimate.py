@@ -8,7 +8,8 @@ Evidence, per image i (N images, K classes, E experts):
 
 Model (Dawid & Skene 1979 with an image-dependent prior, as in Raykar et al. 2010):
     P(y_i = k | x_i, votes_i) ∝ q_ik · Π_e π_e[k, v_ie]
-where q_i is the calibrated model probability (the prior from the image) and π_e (K, K) is expert e's confusion
+where q_i is the calibrated model probability (the prior from the image; for an image without one, the class
+frequencies, estimated too) and π_e (K, K) is expert e's confusion
 matrix (row = true class, column = vote). π_e is estimated by EM over every graded image, with the meta set's
 known labels held fixed (they anchor what each class looks like to each expert) and a Dirichlet prior that keeps a
 rarely seen row near "mostly right". Images nobody graded get the calibrated model probability.
@@ -134,7 +135,13 @@ def estimate_labels(pred_probs: np.ndarray | None, votes: np.ndarray, *, known: 
     if temperature is None:
         rows = (known >= 0) & has_probs if calibration_rows is None else np.asarray(calibration_rows, bool)
         temperature = fit_temperature(probs_to_logits(pred_probs[rows]), known[rows]) if rows.any() else 1.0
-    prior = np.where(has_probs[:, None], apply_temperature(pred_probs, temperature), 1.0 / k)
+    model_prior = apply_temperature(pred_probs, temperature)
+    class_prior = np.full(k, 1.0 / k)  # for rows without a model probability: learned class frequencies (M-step)
+
+    def prior_now() -> np.ndarray:
+        return np.where(has_probs[:, None], model_prior, class_prior[None, :])
+
+    prior = prior_now()
     log_prior = np.log(np.clip(prior, EPS, 1.0))
     onehot = _vote_onehot(votes, k)
     # initialise with the vote shares times the prior (a soft majority vote that the image can tip)
@@ -145,6 +152,10 @@ def estimate_labels(pred_probs: np.ndarray | None, votes: np.ndarray, *, known: 
     while iterations < max_iter:
         iterations += 1
         conf = expert_confusions(post, onehot, diag_prior=diag_prior, off_prior=off_prior)
+        if not has_probs.all():
+            class_prior = (post.sum(0) + 1.0) / (len(post) + k)
+            prior = prior_now()
+            log_prior = np.log(np.clip(prior, EPS, 1.0))
         new = _posterior(log_prior, onehot, conf, known)
         delta = float(np.abs(new - post).max()) if n else 0.0
         post = new

@@ -149,12 +149,9 @@ def prepare_data(cfg: RunConfig) -> PreparedData:
 
 def is_ordinal(classes: list[str], setting: str) -> bool:
     """`auto`: the classes are a known severity scale (normal, pre-plus, plus; DR grades); else yes/no."""
-    from engine.data.votes import KNOWN_SCALES
+    from engine.data.votes import is_severity_scale
 
-    if setting != "auto":
-        return setting == "yes"
-    return any(list(classes) == [c for c in scale if c in classes] and set(classes) <= set(scale)
-               for scale in KNOWN_SCALES) and len(classes) >= 3
+    return is_severity_scale(classes) if setting == "auto" else setting == "yes"
 
 
 def _check_roles(data: PreparedData, cfg: RunConfig) -> None:
@@ -448,9 +445,18 @@ def _pretrain(cfg: RunConfig, rd: R.RunDir, device: torch.device, num_classes: i
     return model
 
 
-def _tensors(data: PreparedData, pixels: np.ndarray, roles: tuple[str, ...]) -> tuple[TensorData, np.ndarray]:
+def _tensors(data: PreparedData, pixels: np.ndarray, roles: tuple[str, ...], *, soft: bool = False
+             ) -> tuple[TensorData, np.ndarray]:
+    """The rows of `roles` as TensorData (majority targets; with `soft`, the vote shares too)."""
     rows = np.flatnonzero(data.frame[S.ROLE].isin(roles).to_numpy())
-    return TensorData(pixels[rows], data.frame["_major_idx"].to_numpy()[rows]), rows
+    shares = None
+    if soft:
+        from engine.data.aggregate import vote_counts
+
+        counts = vote_counts(data.votes[rows], len(data.classes)).astype(np.float32)
+        graded = counts.sum(1, keepdims=True)
+        shares = np.where(graded > 0, counts / np.maximum(graded, 1), 1.0 / len(data.classes))
+    return TensorData(pixels[rows], data.frame["_major_idx"].to_numpy()[rows], shares), rows
 
 
 def _make_ctx(cfg: RunConfig, model, num_classes: int, train: TensorData, meta: TensorData, device, *, epochs: int,
@@ -469,7 +475,7 @@ def _make_ctx(cfg: RunConfig, model, num_classes: int, train: TensorData, meta: 
 
 def _train(cfg: RunConfig, rd: R.RunDir, data: PreparedData, pixels: np.ndarray, model, device):
     method_cls = get_method(cfg.runtime.method)
-    train, train_rows = _tensors(data, pixels, (S.TRAIN, S.UNLABELED))
+    train, train_rows = _tensors(data, pixels, (S.TRAIN, S.UNLABELED), soft=cfg.data.targets == "votes")
     meta, meta_rows = _tensors(data, pixels, (S.META,))
     test, test_rows = _tensors(data, pixels, (S.TEST,))
     sch = cfg.schedule

@@ -42,8 +42,12 @@ def kappa_table(rep: dict) -> None:
     experts = rep["experts"]
     frame = pd.DataFrame(rep["kappa"]["pairwise"]).reindex(index=experts, columns=experts).astype(float)
     st.dataframe(frame.style.format("{:.2f}", na_rep="—"), width="stretch")
+    kappa = rep["kappa"]
+    weighted = (f" The classes are a severity scale, so disagreements of two steps count more in Cohen's weighted κ: "
+                f"mean pairwise linear {_num(kappa.get('mean_pairwise_linear'))}, quadratic "
+                f"{_num(kappa.get('mean_pairwise_quadratic'))}." if rep.get("ordinal") else "")
     st.caption(f"Cohen's κ on the images both experts graded. Mean pairwise κ "
-               f"{_num(rep['kappa']['mean_pairwise'])}, Fleiss' κ {_num(rep['kappa']['fleiss'])}.")
+               f"{_num(kappa['mean_pairwise'])}, Fleiss' κ {_num(kappa['fleiss'])}." + weighted)
 
 
 def experts_table(rep: dict) -> None:

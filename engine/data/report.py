@@ -17,7 +17,7 @@ from engine.data.aggregate import (
     fleiss_kappa_votes,
     pairwise_kappa,
 )
-from engine.data.votes import read_votes
+from engine.data.votes import is_severity_scale, read_votes
 
 # keys of the inspect report (the --json schema; the app reads these)
 REPORT_KEYS = (
@@ -29,6 +29,7 @@ REPORT_KEYS = (
     "class_balance",
     "unanimity_rate",
     "kappa",
+    "ordinal",
     "experts_table",
     "confusion",
     "warnings",
@@ -69,6 +70,8 @@ def inspect_dataset(
 
     kappa, common = pairwise_kappa(votes, k)
     fleiss, n_full = fleiss_kappa_votes(votes, k)
+    ordinal = is_severity_scale(table.classes)
+    weighted = {w: pairwise_kappa(votes, k, weights=w)[0] for w in ("linear", "quadratic")} if ordinal else {}
     off = kappa[~np.eye(len(kappa), dtype=bool)]
     off = off[np.isfinite(off)]
     stats = expert_agreement_arrays(votes, k)
@@ -122,11 +125,22 @@ def inspect_dataset(
             "mean_pairwise": _num(off.mean()) if len(off) else None,
             "fleiss": _num(fleiss),
             "fleiss_n_images": n_full,
+            # ordinal scales: Cohen's weighted kappa, where a normal<->plus disagreement costs more than an adjacent one
+            **{f"mean_pairwise_{w}": _mean_off_diagonal(kw) for w, kw in weighted.items()},
+            **{f"pairwise_{w}": {a: {b: _num(kw[i, j]) for j, b in enumerate(table.experts)}
+                                 for i, a in enumerate(table.experts)} for w, kw in weighted.items()},
         },
+        "ordinal": ordinal,
         "experts_table": experts_table,
         "confusion": {e: conf[j].tolist() for j, e in enumerate(table.experts)},
         "warnings": [str(w) for w in table.warnings],
     }
+
+
+def _mean_off_diagonal(kappa: np.ndarray) -> float | None:
+    off = kappa[~np.eye(len(kappa), dtype=bool)]
+    off = off[np.isfinite(off)]
+    return _num(off.mean()) if len(off) else None
 
 
 def _fmt(x, digits: int = 2) -> str:
@@ -155,7 +169,9 @@ def format_report(rep: dict) -> str:
         .reindex(index=experts, columns=experts)
         .to_string(float_format=lambda v: f"{v:.2f}", na_rep="n/a"),
         f"mean pairwise kappa: {_fmt(rep['kappa']['mean_pairwise'])}; Fleiss' kappa: {_fmt(rep['kappa']['fleiss'])} "
-        f"({rep['kappa']['fleiss_n_images']} images graded by all {len(experts)} experts)",
+        f"({rep['kappa']['fleiss_n_images']} images graded by all {len(experts)} experts)"
+        + (f"; weighted (ordinal scale) mean pairwise kappa: linear {_fmt(rep['kappa']['mean_pairwise_linear'])}, "
+           f"quadratic {_fmt(rep['kappa']['mean_pairwise_quadratic'])}" if rep.get("ordinal") else ""),
         "",
         "experts (agree_majority: own vote included, images with >= 2 graders; agree_consensus: vs the other "
         "experts' consensus)",

@@ -264,6 +264,13 @@ def _known_order(values) -> list[str] | None:
     return None
 
 
+def is_severity_scale(classes) -> bool:
+    """The classes, in this order, are (part of) a known severity scale with at least 3 grades (ordinal)."""
+    classes = list(classes)
+    return len(classes) >= 3 and any(set(classes) <= set(scale) and classes == [c for c in scale if c in classes]
+                                     for scale in KNOWN_SCALES)
+
+
 def default_class_order(values) -> list[str]:
     """Class order without --classes: a known severity scale (ROP: normal, pre-plus, plus) if the values fit one,
     else sorted."""

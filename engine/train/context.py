@@ -20,21 +20,31 @@ from torch import nn
 
 
 class TensorData:
-    """Images (N, C, H, W) uint8 and integer targets (N,) (-1 = no label), kept on one device."""
+    """Images (N, C, H, W) uint8, integer targets (N,) (-1 = no label) and optionally the experts' vote shares
+    `soft` (N, K) (rows sum to 1; what cross-entropy steps train on when present), kept on one device."""
 
-    def __init__(self, images: torch.Tensor | np.ndarray, targets: torch.Tensor | np.ndarray):
+    def __init__(self, images: torch.Tensor | np.ndarray, targets: torch.Tensor | np.ndarray,
+                 soft: torch.Tensor | np.ndarray | None = None):
         images = torch.as_tensor(images)
         if images.ndim == 4 and images.shape[-1] in (1, 3) and images.shape[1] not in (1, 3):
             images = images.permute(0, 3, 1, 2)  # (N, H, W, C) -> (N, C, H, W)
         self.images = images.contiguous()
         self.targets = torch.as_tensor(targets, dtype=torch.long)
+        self.soft = None if soft is None else torch.as_tensor(soft, dtype=torch.float32)
         assert len(self.images) == len(self.targets)
+        assert self.soft is None or len(self.soft) == len(self.targets)
 
     def __len__(self) -> int:
         return len(self.targets)
 
     def to(self, device) -> TensorData:
-        return TensorData(self.images.to(device), self.targets.to(device))
+        return TensorData(self.images.to(device), self.targets.to(device),
+                          None if self.soft is None else self.soft.to(device))
+
+    def subset(self, rows) -> TensorData:
+        """The rows `rows` (index array) as a new TensorData on the same device."""
+        idx = torch.as_tensor(rows, dtype=torch.long, device=self.images.device)
+        return TensorData(self.images[idx], self.targets[idx], None if self.soft is None else self.soft[idx])
 
 
 class Batch(NamedTuple):
@@ -42,6 +52,7 @@ class Batch(NamedTuple):
     y: torch.Tensor  # (B,) long, -1 = unlabeled
     idx: torch.Tensor  # (B,) long, sample index into the TensorData
     flip: torch.Tensor  # (B,) bool, which images were flipped horizontally
+    soft: torch.Tensor | None = None  # (B, K) vote shares when the data carries them
 
 
 def seed_everything(seed: int) -> None:
@@ -146,7 +157,8 @@ class TrainContext:
             idx = order[step * self.batch_size:(step + 1) * self.batch_size]
             dev_idx = idx.to(self.device)
             flip = flips[idx].to(self.device)
-            yield Batch(self.prepare(data.images[dev_idx], flip), data.targets[dev_idx], dev_idx, flip)
+            yield Batch(self.prepare(data.images[dev_idx], flip), data.targets[dev_idx], dev_idx, flip,
+                        None if data.soft is None else data.soft[dev_idx])
 
     def steps_per_epoch(self, n: int | None = None) -> int:
         """Batches per epoch; a last batch of a single image is dropped (BatchNorm cannot train on one sample)."""

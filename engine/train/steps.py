@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from engine.losses import cross_entropy
+from engine.losses import cross_entropy, soft_cross_entropy
 from engine.train.context import Batch, TrainContext, check_finite
 
 
@@ -47,10 +47,12 @@ def ce_epoch(ctx: TrainContext, epoch: int, *, stage: str, model=None, optimizer
 
 def hard_label_step(ctx: TrainContext, model, optimizer, b: Batch, *, loss_fn=cross_entropy,
                     clip: float = 0.0) -> torch.Tensor:
-    """Forward, loss on hard labels, backward, (optional grad-norm clip), SGD step. Returns the detached loss."""
+    """Forward, loss (cross-entropy: on the vote shares `b.soft` when present, else on `b.y`), backward, (optional
+    grad-norm clip), SGD step. Returns the detached loss."""
     with ctx.autocast():
         logits = model(b.x)
-    loss = loss_fn(logits, b.y)
+    # cross-entropy trains on the experts' vote shares when the batch carries them (a 2–1 split is not a 3–0 vote)
+    loss = soft_cross_entropy(logits, b.soft) if b.soft is not None and loss_fn is cross_entropy else loss_fn(logits, b.y)
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
     if clip:

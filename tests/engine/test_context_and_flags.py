@@ -1,6 +1,7 @@
 """Seeded batching (resume-exact), the single-sample batch guard, and the flag rules."""
 
 import numpy as np
+import pytest
 import torch
 from torch import nn
 
@@ -88,3 +89,26 @@ def test_secondary_codes_for_ties_and_disputed_consensus():
     out = flag_images(post, np.array([0, 2]), consensus=np.array([True, False]), tie=np.array([False, True]),
                       classes=["normal", "pre-plus", "plus"])
     assert out["flag_code"].tolist() == ["other_class;consensus_disputed", "other_class;tie"]
+
+
+def test_cross_entropy_trains_on_the_vote_shares_when_the_data_carries_them():
+    from engine.losses import cross_entropy, soft_cross_entropy
+    from engine.train.steps import hard_label_step
+
+    images = torch.randint(0, 255, (8, 3, 4, 4), dtype=torch.uint8)
+    targets = torch.tensor([0, 1, 2, 0, 1, 2, 0, 1])
+    shares = torch.full((8, 3), 1 / 3)  # every row a three-way split
+    model = nn.Sequential(nn.Flatten(), nn.Linear(48, 3))
+    losses = {}
+    for name, soft in (("votes", shares), ("majority", None)):
+        ctx = TrainContext(model, 3, TensorData(images, targets, soft), TensorData(images[:3], targets[:3]),
+                           (0.5,) * 3, (0.25,) * 3, batch_size=8, seed=0, lr=0.0)
+        b = next(ctx.batches(0, augment=False))
+        assert (b.soft is None) == (soft is None)
+        losses[name] = float(hard_label_step(ctx, model, ctx.optimizer, b))
+        logits = model(b.x)
+        want = soft_cross_entropy(logits, b.soft) if soft is not None else cross_entropy(logits, b.y)
+        assert losses[name] == pytest.approx(float(want), rel=1e-5)
+    assert losses["votes"] != pytest.approx(losses["majority"])
+    sub = TensorData(images, targets, shares).subset(np.array([1, 3]))
+    assert sub.soft.shape == (2, 3) and sub.targets.tolist() == [1, 0]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pytest
 
 from engine.data.report import EXPERT_COLUMNS, REPORT_KEYS, inspect_dataset
@@ -54,3 +55,23 @@ def test_inspect_dataset_nan_free_when_kappa_undefined(tmp_path, make_votes):
     assert rep["kappa"]["pairwise"]["a"]["b"] is not None
     rep1 = inspect_dataset(make_votes(tmp_path / "one", ["image", "a", "b"], [["x.png", "n", "n"], ["y.png", "p", ""]]))
     assert rep1["kappa"]["pairwise"]["a"]["b"] is None  # one shared image, both 'n': kappa undefined -> null
+
+
+def test_weighted_kappa_on_a_severity_scale_matches_sklearn(tmp_path, make_votes):
+    from sklearn.metrics import cohen_kappa_score
+
+    rng = np.random.default_rng(3)
+    scale = ["normal", "pre-plus", "plus"]
+    a = rng.integers(0, 3, 60)
+    b = np.clip(a + rng.choice([-2, -1, 0, 0, 0, 1], 60), 0, 2)  # mostly adjacent disagreements, a few 2-step ones
+    rows = [[f"i{i}.png", scale[x], scale[y]] for i, (x, y) in enumerate(zip(a, b, strict=True))]
+    rep = inspect_dataset(make_votes(tmp_path / "ds", ["image", "e1", "e2"], rows), check_images=False)
+    assert rep["ordinal"] is True
+    for w in ("linear", "quadratic"):
+        want = cohen_kappa_score(a, b, labels=[0, 1, 2], weights=w)
+        assert rep["kappa"][f"pairwise_{w}"]["e1"]["e2"] == pytest.approx(want)
+        assert rep["kappa"][f"mean_pairwise_{w}"] == pytest.approx(want)
+    assert rep["kappa"]["mean_pairwise_quadratic"] != pytest.approx(rep["kappa"]["mean_pairwise"])
+    nominal = inspect_dataset(make_votes(tmp_path / "nom", ["image", "e1", "e2"],
+                                         [["x.png", "cat", "dog"], ["y.png", "dog", "dog"]]), check_images=False)
+    assert nominal["ordinal"] is False and "mean_pairwise_linear" not in nominal["kappa"]

@@ -1,0 +1,100 @@
+"""The label estimator's maths on small hand-made cases (engine/estimate.py)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from engine.estimate import (
+    apply_temperature,
+    estimate_labels,
+    fit_temperature,
+    flag_scores,
+    nll,
+    probs_to_logits,
+    review_priority,
+)
+
+
+def _panel(n: int, confusions: np.ndarray, seed: int = 0, k: int = 3):
+    """Truth uniform over k classes; expert e votes from confusions[e][truth]."""
+    rng = np.random.default_rng(seed)
+    truth = rng.integers(0, k, n)
+    votes = np.stack([[rng.choice(k, p=c[t]) for t in truth] for c in confusions], 1)
+    return truth, votes
+
+
+def test_a_known_expert_confusion_is_recovered():
+    reliable = np.array([[0.9, 0.1, 0.0], [0.05, 0.9, 0.05], [0.0, 0.1, 0.9]])
+    biased = np.array([[0.5, 0.5, 0.0], [0.0, 0.6, 0.4], [0.0, 0.2, 0.8]])  # calls disease early
+    careless = np.array([[0.6, 0.2, 0.2], [0.2, 0.6, 0.2], [0.2, 0.2, 0.6]])
+    truth, votes = _panel(12000, [reliable, biased, careless])
+    known = np.where(np.arange(len(truth)) < 90, truth, -1)  # a small meta set
+    est = estimate_labels(None, votes, known=known)
+    for got, want in zip(est.confusions, [reliable, biased, careless], strict=True):
+        np.testing.assert_allclose(got, want, atol=0.03)
+    # the posterior is better than the majority vote: the reliable expert's lone dissent counts
+    from engine.data.aggregate import MajorityVote
+
+    maj = MajorityVote().fit(votes, 3).labels_
+    assert (est.posterior.argmax(1) == truth).mean() > (maj == truth).mean() + 0.02
+
+
+def test_a_reliable_experts_lone_dissent_outweighs_two_careless_ones():
+    conf = np.array([np.eye(3) * 0.97 + 0.01, np.full((3, 3), 0.4) - np.eye(3) * 0.1, np.full((3, 3), 0.4) -
+                     np.eye(3) * 0.1])
+    conf /= conf.sum(2, keepdims=True)
+    truth, votes = _panel(3000, conf, seed=1)
+    est = estimate_labels(None, votes, known=np.where(np.arange(len(truth)) < 60, truth, -1))
+    split = (votes[:, 1] == votes[:, 2]) & (votes[:, 0] != votes[:, 1])
+    assert split.sum() > 50
+    assert (est.posterior[split].argmax(1) == votes[split, 0]).mean() > 0.9
+
+
+def test_model_prior_decides_where_nobody_voted_and_known_rows_stay_fixed():
+    probs = np.array([[0.7, 0.2, 0.1], [0.1, 0.1, 0.8], [0.3, 0.4, 0.3]])
+    votes = np.array([[-1], [-1], [1]])
+    est = estimate_labels(probs, votes, known=np.array([-1, 0, -1]), temperature=1.0)
+    np.testing.assert_allclose(est.posterior[0], probs[0], atol=1e-9)
+    np.testing.assert_array_equal(est.posterior[1], [1.0, 0.0, 0.0])
+    assert est.posterior[2, 1] > probs[2, 1]  # the vote moves the uncertain row toward its class
+
+
+def test_calibration_lowers_the_nll_on_held_out_data():
+    rng = np.random.default_rng(0)
+    n, k = 3000, 3
+    y = rng.integers(0, k, n)
+    true_logits = rng.normal(0, 1, (n, k))
+    true_logits[np.arange(n), y] += 1.5
+    # an over-confident model: the right ranking, logits three times too large
+    overconfident = np.exp(3 * true_logits) / np.exp(3 * true_logits).sum(1, keepdims=True)
+    labels = np.array([rng.choice(k, p=np.exp(t) / np.exp(t).sum()) for t in true_logits])
+    fit_rows, held_out = np.arange(200), np.arange(200, n)
+    t = fit_temperature(probs_to_logits(overconfident[fit_rows]), labels[fit_rows])
+    assert 2.0 < t < 4.5
+    before = nll(probs_to_logits(overconfident[held_out]), labels[held_out])
+    after = nll(probs_to_logits(apply_temperature(overconfident[held_out], t)), labels[held_out])
+    assert after < before - 0.1
+
+
+def test_estimate_fits_the_temperature_on_the_known_rows_only():
+    probs = np.array([[0.99, 0.01], [0.99, 0.01], [0.01, 0.99], [0.6, 0.4]])
+    known = np.array([0, 1, 1, -1])  # the model is wrong on a known row: it must become less confident
+    est = estimate_labels(probs, np.full((4, 1), -1), known=known)
+    assert est.temperature > 1.0
+    assert est.prior[3, 0] < 0.6
+
+
+def test_flag_score_and_ordinal_priority():
+    post = np.array([[0.1, 0.1, 0.8], [0.1, 0.8, 0.1], [0.2, 0.3, 0.5]])
+    major = np.array([0, 0, -1])
+    np.testing.assert_allclose(flag_scores(post, major), [0.9, 0.9, 0.0])
+    pri = review_priority(post, major, ordinal=True)
+    assert pri[0] > pri[1]  # a likely normal->plus error ranks above a likely normal->pre-plus one
+    np.testing.assert_allclose(pri, [0.1 * 0.5 + 0.8 * 1.0, 0.8 * 0.5 + 0.1 * 1.0, 0.0])
+    np.testing.assert_allclose(review_priority(post, major, ordinal=False), flag_scores(post, major))
+
+
+def test_a_vote_outside_the_class_range_is_an_error():
+    with pytest.raises(ValueError, match="class 3"):
+        estimate_labels(np.full((2, 3), 1 / 3), np.array([[0], [3]]))
