@@ -28,6 +28,9 @@ pages = {
         st.Page(PAGES / "review.py", title="4 · Review", icon=":material/rate_review:", url_path="review"),
         st.Page(PAGES / "export.py", title="5 · Export", icon=":material/download:", url_path="export"),
     ],
+    "Use the model": [
+        st.Page(PAGES / "predict.py", title="Predict", icon=":material/online_prediction:", url_path="predict"),
+    ],
 }
 
 state.init_session()

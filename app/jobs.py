@@ -84,6 +84,22 @@ def launch(*, dataset: Path, run_dir: Path, method: str, options: list[str], for
     return proc.pid
 
 
+def can_resume(job: JobView) -> bool:
+    """A stopped run (cancelled or failed) that left a checkpoint and its config.json can continue."""
+    return job.state in ("cancelled", "failed") and (job.run_dir / "checkpoint.pt").is_file() and (
+        job.run_dir / "config.json").is_file()
+
+
+def resume(job: JobView) -> int:
+    """Continue a stopped run from its last checkpoint with exactly its settings (`--config RUNDIR/config.json
+    --resume`, the engine checks that nothing changed); the same run folder, a new process. Returns its pid."""
+    config = json.loads((job.run_dir / "config.json").read_text(encoding="utf-8"))
+    dataset = Path((config.get("data") or {}).get("dataset") or job.record.get("dataset") or "")
+    form = (job.record.get("config") or {}).get("form") or {}
+    return launch(dataset=dataset, run_dir=job.run_dir, method=job.method,
+                  options=["--config", str(job.run_dir / "config.json"), "--resume"], form=form)
+
+
 def console_path(run_dir: Path) -> Path:
     """Where a job's stdout/stderr go (outside the run folder, which the engine wants empty)."""
     return state.ws_dir("logs") / f"{Path(run_dir).name}.console.txt"
@@ -148,6 +164,9 @@ def view(record: dict) -> JobView:
     run_dir = Path(record["run_dir"])
     status = read_status(run_dir) or {}
     alive = pid_alive(record.get("pid"), run_dir)
+    if (alive and status.get("state") not in ACTIVE and not (record.get("config") or {}).get("external")
+            and _older_than_launch(status, record)):
+        status = {}  # a resumed run's process has not written its first status yet: the stopped one's is stale
     file_state = status.get("state")
     job_state = file_state or record.get("state") or "queued"
     message = str(status.get("message") or "")
@@ -169,6 +188,17 @@ def view(record: dict) -> JobView:
             state.log.exception("could not update run %s", run_dir)
     return JobView(run_dir=run_dir, method=record.get("method") or "", state=job_state, status=status,
                    alive=alive, record=record, message=message)
+
+
+def _older_than_launch(status: dict, record: dict) -> bool:
+    """status.json was written before the job was (re)registered: it belongs to the run's previous process (its
+    last word, e.g. 'cancelled', while the new process is still starting)."""
+    updated = status.get("updated")
+    try:
+        launched = datetime.fromisoformat(record["started_at"]).timestamp() if record.get("started_at") else None
+    except ValueError:
+        return False
+    return isinstance(updated, (int, float)) and launched is not None and updated < launched
 
 
 def cancel(job: JobView) -> None:
@@ -235,6 +265,51 @@ def read_progress(run_dir: Path, *, max_bytes: int = 4_000_000) -> list[dict]:
         if isinstance(rec, dict):
             out.append(rec)
     return out
+
+
+def _first_progress_time(run_dir: Path) -> float | None:
+    """The "time" of the first record of progress.jsonl (the run's first step; kept across --resume)."""
+    try:
+        with open(Path(run_dir) / "progress.jsonl", encoding="utf-8") as fh:
+            first = json.loads(fh.readline())
+    except (OSError, ValueError):
+        return None
+    value = first.get("time") if isinstance(first, dict) else None
+    return float(value) if isinstance(value, (int, float)) else None
+
+
+def started_at(job: JobView) -> datetime | None:
+    """When the run started, from its run folder: the first progress record, else when config.json was written
+    (the engine writes it before loading images), else when the app launched it (never an import time)."""
+    when = _first_progress_time(job.run_dir)
+    if when is None:
+        try:
+            when = (job.run_dir / "config.json").stat().st_mtime
+        except OSError:
+            when = None
+    if when is not None:
+        return datetime.fromtimestamp(when, UTC)
+    if (job.record.get("config") or {}).get("external"):
+        return None  # registered when the app first saw it: not a start time
+    try:
+        return datetime.fromisoformat(job.record["started_at"]) if job.record.get("started_at") else None
+    except ValueError:
+        return None
+
+
+def duration_s(job: JobView) -> float | None:
+    """How long the run took (done: the engine's own wall time) or has taken so far; None when unknown."""
+    if job.state == "done":
+        for value in (read_metrics(job.run_dir).get("wall_time_s"), job.status.get("elapsed_s")):
+            if isinstance(value, (int, float)) and value > 0:
+                return float(value)
+    start = started_at(job)
+    if start is None:
+        return None
+    if job.active:
+        return max(0.0, time.time() - start.timestamp())
+    updated = job.status.get("updated")
+    return max(0.0, float(updated) - start.timestamp()) if isinstance(updated, (int, float)) else None
 
 
 def register_external_run(run_dir: Path, dataset: Path | None) -> None:

@@ -419,6 +419,59 @@ def _ms(values: list[float]) -> tuple[float, float] | None:
     return float(a.mean()), float(a.std(ddof=1)) if len(a) > 1 else 0.0
 
 
+PEERS = ("ce", "ce+finetune", "meta-only", "cleanlab", "crowdlab", "dawid-skene")
+
+
+def default_row() -> str:
+    """The row of the product's default pipeline: the label estimate on top of the default method."""
+    from engine.config import RuntimeConfig
+
+    return f"pipeline:{RuntimeConfig().method}"
+
+
+def verdict(summary: dict) -> list[dict]:
+    """Per cell, the issue's checks on seed means: the default pipeline against the best peer (label recovery,
+    flag F1, test accuracy within 0.5 point), flagged vs truly wrong, and every method's soft labels vs the
+    majority vote."""
+    out = []
+    row = default_row()
+    for cell, rows in summary.items():
+        if row not in rows:
+            continue
+        me = rows[row]
+        peers = {p: rows[p] for p in PEERS if p in rows}
+
+        def best(key, peers=peers):
+            vals = [(v[key][0], p) for p, v in peers.items() if v.get(key)]
+            return max(vals) if vals else (float("nan"), "-")
+
+        rec, rec_peer = best("recovery")
+        f1, f1_peer = best("f1")
+        acc, acc_peer = best("test_acc")
+        flagged, wrong = me["n_flagged"][0], me["n_wrong"][0]
+        floor = rows["majority"]["recovery"][0] if "majority" in rows else float("nan")
+        below = sorted(r for r, v in rows.items() if r.startswith(("method:", "pipeline:")) and v["recovery"][0] < floor)
+        out.append({"cell": cell, "recovery": me["recovery"][0], "best_peer_recovery": rec, "recovery_peer": rec_peer,
+                    "f1": me["f1"][0], "best_peer_f1": f1, "f1_peer": f1_peer,
+                    "test_acc": me["test_acc"][0] if me.get("test_acc") else float("nan"),
+                    "best_peer_test_acc": acc, "test_acc_peer": acc_peer, "flagged_over_wrong": flagged / max(wrong, 1),
+                    "precision": me["precision"][0], "recall": me["recall"][0], "below_majority": below})
+    return out
+
+
+def verdict_markdown(rows: list[dict]) -> str:
+    lines = [f"Default pipeline `{default_row()}` against the best peer ({', '.join(PEERS)}), seed means:", "",
+             "| cell | label recovery (best peer) | flag F1 (best peer) | test acc (best peer) | flag P / R | "
+             "flagged / truly wrong | soft labels below the majority vote |", "|---|---|---|---|---|---|---|"]
+    for r in rows:
+        lines.append(
+            f"| {r['cell']} | {100 * r['recovery']:.1f} ({100 * r['best_peer_recovery']:.1f} {r['recovery_peer']}) | "
+            f"{100 * r['f1']:.1f} ({100 * r['best_peer_f1']:.1f} {r['f1_peer']}) | {100 * r['test_acc']:.1f} "
+            f"({100 * r['best_peer_test_acc']:.1f} {r['test_acc_peer']}) | {100 * r['precision']:.1f} / "
+            f"{100 * r['recall']:.1f} | {r['flagged_over_wrong']:.2f} | {', '.join(r['below_majority']) or 'none'} |")
+    return "\n".join(lines) + "\n"
+
+
 def markdown(summary: dict, meta: dict) -> str:
     def f(v, pct=True):
         if v is None:
@@ -483,7 +536,7 @@ def main(argv=None) -> int:
     meta = {"date": dt.datetime.now().strftime("%Y-%m-%d %H:%M"), "env": environment(), "setup": str(setup),
             "seeds": a.seeds, "wall_s": time.time() - t0, "quick": a.quick}
     summary = summarise(results)
-    text = markdown(summary, meta)
+    text = verdict_markdown(verdict(summary)) + "\n" + markdown(summary, meta)
     print(text)
     path = Path(a.json) if a.json else OUT / f"label_bench_{dt.datetime.now():%Y%m%d_%H%M}.json"
     path.write_text(json.dumps({"meta": meta, "results": results}, indent=1, default=float))

@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import sys
+import warnings
 
 from engine.errors import EXIT_BAD_INPUT, InputError
 
@@ -56,6 +57,9 @@ def print_problems(err: InputError, stream=None) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    # torch's forward-mode AD (engine/meta.py) loads its decompositions through torch.jit.script, which warns about
+    # its own deprecation in every run: noise on the console that the user can do nothing about
+    warnings.filterwarnings("ignore", message=r"`torch\.jit\.script` is deprecated", category=FutureWarning)
     argv = sys.argv[1:] if argv is None else list(argv)
     first = next((a for a in argv if not a.startswith("-")), None)
     args = build_parser(first if first in COMMANDS else None).parse_args(argv)

@@ -99,6 +99,26 @@ def expert_confusions(posterior: np.ndarray, onehot: np.ndarray, *, diag_prior: 
     return counts / counts.sum(2, keepdims=True)
 
 
+def pattern_likelihood(posterior: np.ndarray, votes: np.ndarray, confusions: np.ndarray, *, strength: float
+                       ) -> np.ndarray:
+    """P(image i's whole vote pattern | y=k) (N, K): a categorical over the observed patterns per class, smoothed
+    toward the independent-experts product Π_e π_e[k, v_e] with `strength` pseudo-images per class:
+        L_k(p) = (s · Π_e π_e[k, p_e] + Σ_{i: pattern_i = p} P(y_i = k)) / (s + Σ_i P(y_i = k)).
+    Sums to 1 over all patterns for each k. With one expert it is the confusion matrix again; with several it learns
+    how often the experts err together (three graders who all see a borderline image the same wrong way)."""
+    patterns, inverse = np.unique(votes, axis=0, return_inverse=True)
+    inverse = inverse.reshape(-1)
+    k = posterior.shape[1]
+    product = np.ones((len(patterns), k))
+    for e in range(votes.shape[1]):
+        graded = patterns[:, e] >= 0
+        product[graded] *= confusions[e][:, patterns[graded, e]].T
+    counts = np.zeros((len(patterns), k))
+    np.add.at(counts, inverse, posterior)
+    lik = (strength * product + counts) / (strength + posterior.sum(0))[None, :]
+    return np.clip(lik[inverse], EPS, None)
+
+
 def _posterior(log_prior: np.ndarray, onehot: np.ndarray, confusions: np.ndarray, known: np.ndarray) -> np.ndarray:
     """E-step: log P(y_i=k) = log q_ik + Σ_e log π_e[k, v_ie]; rows with a known label are one-hot."""
     log_lik = np.einsum("nev,ekv->nk", onehot, np.log(confusions))
@@ -111,7 +131,7 @@ def _posterior(log_prior: np.ndarray, onehot: np.ndarray, confusions: np.ndarray
 def estimate_labels(pred_probs: np.ndarray | None, votes: np.ndarray, *, known: np.ndarray | None = None,
                     has_probs: np.ndarray | None = None, temperature: float | None = None,
                     calibration_rows: np.ndarray | None = None, diag_prior: float = 2.0, off_prior: float = 1.0,
-                    max_iter: int = 100, tol: float = 1e-6) -> Estimate:
+                    pattern_strength: float | None = None, max_iter: int = 100, tol: float = 1e-6) -> Estimate:
     """Posterior over the true class of every image from model probabilities, expert votes and known labels.
 
     pred_probs (N, K) out-of-sample probabilities or None (votes only: classic Dawid–Skene with a uniform prior);
@@ -119,6 +139,9 @@ def estimate_labels(pred_probs: np.ndarray | None, votes: np.ndarray, *, known: 
     has_probs (N,) bool: rows whose model probability is real (default: all); temperature: fixed T, or None to fit
     it on `calibration_rows` (default: the rows with a known label and a model probability).
     Dirichlet prior of each confusion row: `diag_prior` on the vote = true class, `off_prior` elsewhere.
+    `pattern_strength` s: when given, the experts' votes on an image are scored as one pattern (see
+    `pattern_likelihood`), so errors the experts make together on hard images are not counted as independent
+    evidence; None = the classic product of independent confusions.
     """
     votes = np.asarray(votes, int)
     n = votes.shape[0]
@@ -156,7 +179,12 @@ def estimate_labels(pred_probs: np.ndarray | None, votes: np.ndarray, *, known: 
             class_prior = (post.sum(0) + 1.0) / (len(post) + k)
             prior = prior_now()
             log_prior = np.log(np.clip(prior, EPS, 1.0))
-        new = _posterior(log_prior, onehot, conf, known)
+        if pattern_strength is None:
+            new = _posterior(log_prior, onehot, conf, known)
+        else:
+            lik = pattern_likelihood(post, votes, conf, strength=pattern_strength)
+            new = np.exp(log_softmax(log_prior + np.log(lik)))
+            new[known >= 0] = np.eye(k)[known[known >= 0]]
         delta = float(np.abs(new - post).max()) if n else 0.0
         post = new
         if delta < tol:

@@ -10,7 +10,6 @@ from __future__ import annotations
 import dataclasses
 import platform
 import subprocess
-import sys
 import time
 import traceback
 from pathlib import Path
@@ -27,6 +26,7 @@ from engine.data import schema as S
 from engine.errors import InputError, Problem
 from engine.flags import flag_images
 from engine.methods import get_method
+from engine.progress import Progress, console, fmt_seconds
 from engine.train.context import NonFiniteLoss, TensorData, TrainContext, seed_everything
 from engine.train.loop import FitState, fit, restore_best
 
@@ -114,7 +114,9 @@ class PreparedData:
     """The dataset as the run sees it: one row per image in votes.csv order, plus the role of each row."""
 
     classes: list[str]
-    frame: pd.DataFrame  # image, role, votes, majority, tie, consensus, n_graders, agreement, _major_idx
+    # image, role, votes, majority, tie, consensus, n_graders, agreement, _major_idx (the majority's class index,
+    # -1 = none), _target_idx (the label training uses: the majority, except -1 for role=unlabeled)
+    frame: pd.DataFrame
     paths: list[Path]
     warnings: list
     votes: np.ndarray  # (N, E) class index per expert, -1 = not graded
@@ -141,6 +143,9 @@ def prepare_data(cfg: RunConfig) -> PreparedData:
     frame[S.ROLE] = roles.to_numpy()
     index = {c: k for k, c in enumerate(table.classes)}
     frame["_major_idx"] = [index.get(m, -1) for m in frame[S.MAJORITY]]
+    # role=unlabeled trains without its votes, even when experts graded it (e.g. the other eye of a patient whose
+    # consensus eye went to the meta set, so that nothing the experts said about a meta patient reaches training)
+    frame["_target_idx"] = np.where(frame[S.ROLE] == S.UNLABELED, -1, frame["_major_idx"])
     data = PreparedData(list(table.classes), frame.reset_index(drop=True), table.image_paths(), list(table.warnings),
                         table.votes_matrix(), is_ordinal(table.classes, cfg.data.ordinal))
     _check_roles(data, cfg)
@@ -168,7 +173,7 @@ def _check_roles(data: PreparedData, cfg: RunConfig) -> None:
             p.append(Problem(where, f"class(es) {missing} have no meta image",
                              "add consensus images of those classes to the meta set, or drop the classes"))
     train = f[f[S.ROLE].isin([S.TRAIN, S.UNLABELED])]
-    if (train["_major_idx"] >= 0).sum() < 2:
+    if (train["_target_idx"] >= 0).sum() < 2:
         p.append(Problem(where, "fewer than 2 labelled training images", "assign more images to role=train"))
     if p:
         raise InputError(p)
@@ -181,6 +186,7 @@ def load_pixels(data: PreparedData, cfg: RunConfig, log=print) -> np.ndarray:
     cache_dir = cfg.data.cache_dir or str(Path(cfg.data.dataset) / ".cache")
     cache = ImageCache(cache_dir)
     t0 = time.time()
+    log(f"loading {len(data.paths)} images at {cfg.data.image_size}px (decoded once, then read from the cache)")
     pixels = cache.load_many(data.paths, cfg.data.image_size)
     log(f"loaded {len(pixels)} images at {cfg.data.image_size}px in {time.time() - t0:.1f}s "
         f"({cache.decode_count} decoded, the rest from the cache {cache_dir})")
@@ -213,76 +219,6 @@ def git_commit() -> str:
         return ""
 
 
-# ---------------------------------------------------------------------------------------------------------------
-# progress
-
-
-class Progress:
-    """Writes status.json, progress.jsonl and a tqdm bar from the training loop's callbacks."""
-
-    def __init__(self, rd: R.RunDir, cfg: RunConfig, steps_per_epoch: dict[str, int]):
-        self.rd, self.cfg, self.spe = rd, cfg, steps_per_epoch
-        self.t_start = time.time()
-        self.stage_time: dict[str, list[float]] = {}
-        self.bar = None
-        self.epoch, self.stage, self.t_epoch = 0, "", time.time()
-        self.last_write = 0.0
-
-    def epoch_start(self, epoch: int, stage: str) -> None:
-        from tqdm import tqdm
-
-        if self.bar:
-            self.bar.close()
-        self.epoch, self.stage, self.t_epoch = epoch, stage, time.time()
-        self.bar = tqdm(total=self.spe[stage], desc=f"{stage} {epoch + 1}/{self.cfg.schedule.epochs}",
-                        leave=False, disable=None, file=sys.stderr)
-
-    def eta(self, step: int, steps: int) -> float | None:
-        """Seconds left: measured seconds per step of each stage × the steps left in it (main ≈ 3× warm-up)."""
-        done = time.time() - self.t_epoch
-        rate = done / max(step + 1, 1)
-        sch = self.cfg.schedule
-        left_this = (steps - step - 1) * rate
-        rates = {s: (np.mean(v) if v else None) for s, v in self.stage_time.items()}
-        warm_rate = rates.get("warmup") or (rate if self.stage == "warmup" else rate / 3)
-        main_rate = rates.get("main") or (rate if self.stage == "main" else 3 * rate)
-        epochs_left = range(self.epoch + 1, sch.epochs)
-        rest = sum(self.spe["warmup"] * warm_rate if e < sch.warmup_epochs else self.spe["main"] * main_rate
-                   for e in epochs_left)
-        return left_this + rest
-
-    def step(self, rec: dict) -> None:
-        if self.bar:
-            self.bar.update(1)
-            if "loss" in rec:
-                self.bar.set_postfix(loss=f"{rec['loss']:.3f}")
-        now = time.time()
-        steps = rec.get("steps", 1)
-        eta = self.eta(rec.get("step", 0), steps)
-        record = {**rec, "of": self.cfg.schedule.epochs, "eta_s": eta}
-        self.rd.progress(record)
-        if now - self.last_write > 0.5 or rec.get("step", 0) + 1 == steps:
-            self.last_write = now
-            self.rd.write_status("running", stage=rec["stage"], epoch=rec["epoch"] + 1, of=self.cfg.schedule.epochs,
-                                 step=rec["step"] + 1, steps=steps, eta_s=eta, pid=_pid(),
-                                 elapsed_s=now - self.t_start)
-
-    def epoch_end(self, state: FitState) -> None:
-        rec = state.history[-1]
-        self.stage_time.setdefault(rec["stage"], []).append(rec["seconds"] / max(self.spe[rec["stage"]], 1))
-        self.rd.progress({"stage": rec["stage"], "epoch": rec["epoch"], "event": "epoch_end",
-                          **{k: v for k, v in rec.items() if k not in ("stage", "epoch")}})
-        meta = rec.get("meta_acc")
-        self.rd.log(f"epoch {rec['epoch'] + 1}/{self.cfg.schedule.epochs} [{rec['stage']}] loss {rec.get('loss', 0):.4f} "
-                    f"meta acc {meta:.3f}" + (f" test acc {rec['test_acc']:.3f}" if rec.get("test_acc") is not None else ""))
-        for note in rec.get("notes", []):
-            self.rd.log(f"note: {note}")
-
-    def close(self):
-        if self.bar:
-            self.bar.close()
-
-
 def _pid() -> int:
     import os
 
@@ -302,7 +238,7 @@ def run(cfg: RunConfig) -> Path:
     cfg = cfg.resolved()  # unset schedule options from the recipe (recorded in config.json)
     validate_config(cfg)
     out = Path(cfg.runtime.out)
-    rd = R.RunDir(out)
+    rd = R.RunDir(out, echo=console)
     ckpt_path = rd.path(R.CHECKPOINT)
     if out.is_dir():
         rd.mark_if_dead()  # a run killed before it could say so (kill -9) is failed, not "running" forever
@@ -378,7 +314,7 @@ def run(cfg: RunConfig) -> Path:
         raise
     rd.write_status("done", stage="done", epoch=cfg.schedule.epochs, of=cfg.schedule.epochs, pid=_pid(),
                     elapsed_s=time.time() - t0)
-    rd.log(f"done in {time.time() - t0:.1f}s")
+    rd.log(f"done in {time.time() - t0:.1f}s ({fmt_seconds(time.time() - t0)})")
     return out
 
 
@@ -447,8 +383,10 @@ def _pretrain(cfg: RunConfig, rd: R.RunDir, device: torch.device, num_classes: i
 
 def _tensors(data: PreparedData, pixels: np.ndarray, roles: tuple[str, ...], *, soft: bool = False
              ) -> tuple[TensorData, np.ndarray]:
-    """The rows of `roles` as TensorData (majority targets; with `soft`, the vote shares too)."""
+    """The rows of `roles` as TensorData (majority targets, -1 for role=unlabeled; with `soft`, the vote shares
+    too)."""
     rows = np.flatnonzero(data.frame[S.ROLE].isin(roles).to_numpy())
+    targets = data.frame["_target_idx"].to_numpy()[rows]
     shares = None
     if soft:
         from engine.data.aggregate import vote_counts
@@ -456,7 +394,12 @@ def _tensors(data: PreparedData, pixels: np.ndarray, roles: tuple[str, ...], *, 
         counts = vote_counts(data.votes[rows], len(data.classes)).astype(np.float32)
         graded = counts.sum(1, keepdims=True)
         shares = np.where(graded > 0, counts / np.maximum(graded, 1), 1.0 / len(data.classes))
-    return TensorData(pixels[rows], data.frame["_major_idx"].to_numpy()[rows], shares), rows
+        shares[targets < 0] = 1.0 / len(data.classes)  # role=unlabeled: its votes stay out of training
+        if "_verified" in data.frame:
+            from engine.reviewed import pin_verified
+
+            shares = pin_verified(shares, data.frame["_verified"].to_numpy()[rows], targets)  # reviewed: one-hot
+    return TensorData(pixels[rows], targets, shares), rows
 
 
 def _make_ctx(cfg: RunConfig, model, num_classes: int, train: TensorData, meta: TensorData, device, *, epochs: int,

@@ -98,17 +98,31 @@ def verified_labels(reviewed: pd.DataFrame, images, classes: list[str]) -> np.nd
 
 
 def apply_reviewed(frame: pd.DataFrame, verified: np.ndarray) -> dict:
-    """Make verified labels the run's labels of their images: `frame["_major_idx"]` (the training target and the
-    meta/test label) becomes the verified class where there is one. Returns counts for metrics.json: verified
-    images per role and how many differ from the experts' majority."""
+    """Make verified labels the run's labels of their images: `frame["_major_idx"]` (the meta/test label, the label
+    flags compare with) and `frame["_target_idx"]` (the training target) become the verified class where there is
+    one — except the target of a role=unlabeled image, which stays out of training whatever its label (it belongs to
+    a patient whose other images are in the meta set). Returns counts for metrics.json: verified images per role and
+    how many differ from the experts' majority."""
     verified = np.asarray(verified, int)
     has = verified >= 0
     before = frame["_major_idx"].to_numpy().copy()
-    frame.loc[has, "_major_idx"] = verified[has]
     roles = frame[S.ROLE].to_numpy()
+    frame.loc[has, "_major_idx"] = verified[has]
+    if "_target_idx" in frame:
+        trained = has & (roles != S.UNLABELED)
+        frame.loc[trained, "_target_idx"] = verified[trained]
     return {"n_verified": int(has.sum()),
             "by_role": {r: int((has & (roles == r)).sum()) for r in S.ROLES},
             "changed_from_majority": int((has & (verified != before)).sum())}
+
+
+def pin_verified(shares: np.ndarray, verified: np.ndarray, targets: np.ndarray) -> np.ndarray:
+    """Vote-share training targets (N, K) with the rows of verified, trained images (verified ≥ 0 and target ≥ 0)
+    replaced by a one-hot row of the verified class: a reviewer's label, not the experts' split."""
+    shares = np.array(shares, dtype=np.float32, copy=True)
+    pin = (np.asarray(verified) >= 0) & (np.asarray(targets) >= 0)
+    shares[pin] = np.eye(shares.shape[1], dtype=np.float32)[np.asarray(verified)[pin]]
+    return shares
 
 
 def write_reviewed(path: Path | str, reviewed: pd.DataFrame) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from engine import atomic
@@ -52,10 +53,12 @@ def process_alive(pid: int | None, *, engine_only: bool = True) -> bool:
 
 
 class RunDir:
-    """Paths and atomic writers for one run folder."""
+    """Paths and atomic writers for one run folder. `echo(line)`, when given, also receives every log line (the
+    console of `python -m engine run`)."""
 
-    def __init__(self, root: Path | str):
+    def __init__(self, root: Path | str, echo: Callable[[str], None] | None = None):
         self.root = Path(root)
+        self.echo = echo
 
     def path(self, name: str) -> Path:
         return self.root / name
@@ -99,3 +102,5 @@ class RunDir:
         self.root.mkdir(parents=True, exist_ok=True)
         with open(self.path(LOG), "a", encoding="utf-8") as fh:
             fh.write(time.strftime("%Y-%m-%d %H:%M:%S ") + line.rstrip("\n") + "\n")
+        if self.echo is not None:
+            self.echo(line.rstrip("\n"))

@@ -6,6 +6,8 @@ import altair as alt
 import pandas as pd
 import streamlit as st
 
+BAR_STEP = 16  # px per bar
+
 
 def class_bars(frame: pd.DataFrame, *, classes: list[str], value: str, series: str | None = None,
                title: str = "", fmt: str = "d", height: int | None = None) -> None:
@@ -17,6 +19,8 @@ def class_bars(frame: pd.DataFrame, *, classes: list[str], value: str, series: s
         enc["color"] = alt.Color(f"{series}:N", title=None, legend=alt.Legend(orient="bottom"))
         enc["yOffset"] = alt.YOffset(f"{series}:N")
         enc["tooltip"].append(alt.Tooltip(f"{series}:N"))
-    per_class = 44 if series else 30
-    chart = alt.Chart(frame).mark_bar().encode(**enc).properties(height=height or 20 + per_class * len(classes))
+    # Height per bar (a step), not a fixed total: with a fixed height, Streamlit's theme fits the bottom legend
+    # into it and the grouped bars collapse into a thin strip with overlapping labels.
+    size = height if height and not series else alt.Step(BAR_STEP if series else 2 * BAR_STEP)
+    chart = alt.Chart(frame).mark_bar().encode(**enc).properties(height=size)
     st.altair_chart(chart, width="stretch")

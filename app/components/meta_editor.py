@@ -89,12 +89,13 @@ def balance(key: str, table, agg: pd.DataFrame, roles: dict) -> list[str]:
     counts = role_counts(series, agg, table.classes)
     shown = counts[(counts.index != "unlabeled") | (counts["total"] > 0)]
     st.dataframe(shown, width="stretch")
-    for cls in table.classes:
-        n = int(counts.loc["meta", cls]) if cls in counts.columns else 0
-        if n < MIN_META_PER_CLASS:
-            st.warning(f"Class **{md(cls)}** has only {n} meta image{'s' if n != 1 else ''} (fewer than "
-                       f"{MIN_META_PER_CLASS}): the model's soft labels for it will be unreliable. Add some.",
-                       icon=":material/warning:")
+    short = [c for c in table.classes if (int(counts.loc["meta", c]) if c in counts.columns else 0) < MIN_META_PER_CLASS]
+    if short:
+        names = ", ".join(f"**{md(c)}**" for c in short)
+        st.warning(f"{'Classes' if len(short) != 1 else 'Class'} {names} {'have' if len(short) != 1 else 'has'} fewer "
+                   f"than {MIN_META_PER_CLASS} meta images: the model's soft labels for them will be unreliable. Add "
+                   "consensus images (Show: candidates), or patients held back below.", icon=":material/warning:")
+        held_back(key, table, agg, roles, short)
     rows = [table.row_number(i) for i in range(len(table.frame))]
     problems = patient_straddle_problems(list(table.frame["patient_id"]), list(series), rows, "roles")
     for p in problems:
@@ -104,10 +105,67 @@ def balance(key: str, table, agg: pd.DataFrame, roles: dict) -> list[str]:
     return problems
 
 
+def held_back_patients(table, agg: pd.DataFrame, roles: dict, classes: list[str]) -> pd.DataFrame:
+    """Patients outside the meta set with a consensus image of one of `classes` that cannot join it by ticking:
+    another image of theirs has no consensus label. One row per patient: patient_id, class (of the consensus
+    images), consensus images, held back by (the other images and their votes)."""
+    frame = pd.concat([table.frame[["image", "patient_id"]].reset_index(drop=True),
+                       agg[["votes", "majority", "consensus"]].reset_index(drop=True)], axis=1)
+    frame["role"] = [roles.get(img, "train") for img in frame["image"]]
+    rows = []
+    for pid, group in frame[frame["patient_id"] != ""].groupby("patient_id", sort=True):
+        cons = group[group["consensus"].astype(bool)]
+        others = group[~group["consensus"].astype(bool)]
+        wanted = cons[cons["majority"].isin(classes)]
+        if wanted.empty or others.empty or (group["role"] == "meta").any():
+            continue
+        rows.append({"patient_id": pid, "class": ", ".join(sorted(set(wanted["majority"]))),
+                     "consensus images": ", ".join(Path(i).name for i in cons["image"]),
+                     "held back by": "; ".join(f"{Path(i).name} ({v or 'not graded'})"
+                                              for i, v in zip(others["image"], others["votes"], strict=True))})
+    return pd.DataFrame(rows, columns=["patient_id", "class", "consensus images", "held back by"])
+
+
+def add_held_back(key: str, table, agg: pd.DataFrame, patients: list[str]) -> None:
+    """The documented override: a held-back patient's consensus images join the meta set and the patient's other
+    images get role=unlabeled (kept and predicted, but trained without their votes), so no patient straddles sets
+    and nothing the experts said about a meta patient reaches training."""
+    slot = st.session_state[f"{key}_roles"]
+    consensus = dict(zip(table.frame["image"], agg["consensus"].astype(bool), strict=True))
+    for img, pid in zip(table.frame["image"], table.frame["patient_id"], strict=True):
+        if pid and pid in patients:
+            slot["roles"][img] = "meta" if consensus[img] else "unlabeled"
+    slot["version"] = int(slot.get("version", 0)) + 1
+    slot["dirty"] = True
+    st.session_state.pop(f"{key}_note", None)  # the proposal's size note no longer describes these sets
+    st.session_state[f"{key}_moved"] = f"Added {len(patients)} held-back patient(s) to the meta set."
+
+
+def held_back(key: str, table, agg: pd.DataFrame, roles: dict, classes: list[str]) -> None:
+    """Which patients hold back consensus images of the short classes, and the override that adds them."""
+    blocked = held_back_patients(table, agg, roles, classes)
+    if blocked.empty:
+        st.caption("No patient holds back a consensus image of these classes: grade more images of them, or add "
+                   "consensus images from the test set (Show: candidates).")
+        return
+    with st.expander(f"Held-back patients ({len(blocked)})", icon=":material/group_off:"):
+        st.caption("These patients have a consensus image of a short class, but another image of theirs has no "
+                   "consensus label, so ticking the image is refused (a patient never straddles sets). Adding a "
+                   "patient here puts its consensus images into the meta set and gives its other images the role "
+                   "**unlabeled**: they stay in the dataset and are predicted and flagged, but training ignores "
+                   "their votes.")
+        st.dataframe(blocked, hide_index=True, width="stretch")
+        chosen = st.multiselect("Patients to add", list(blocked["patient_id"]), key=f"{key}_held_pick",
+                                placeholder="choose patients")
+        st.button("Add to the meta set (other images unlabeled)", key=f"{key}_held_add", disabled=not chosen,
+                  icon=":material/group_add:", on_click=add_held_back, args=(key, table, agg, list(chosen)))
+
+
 def _toggle(key: str, image: str, target: str, widget_key: str, group: list[str], eligible: list[str]) -> None:
     """Tick = move the image (and the other images of its patient) into `target`; untick = back to train.
 
     `group` is the image's patient (all its images); `eligible` those of them that are consensus images.
+    Unticking a patient added with the held-back override also gives its unlabeled images back to training.
     """
     slot = st.session_state[f"{key}_roles"]
     checked = bool(st.session_state.get(widget_key))
@@ -115,16 +173,18 @@ def _toggle(key: str, image: str, target: str, widget_key: str, group: list[str]
     if checked and len(eligible) < len(group):
         others = [g for g in group if g not in eligible]
         st.session_state[f"{key}_refused"] = (
-            f"Not added: the same patient's {md(', '.join(Path(o).name for o in others))} has no consensus label, and all "
-            f"images of a patient must be in the same set.")
+            f"Not added: the same patient's {md(', '.join(Path(o).name for o in others))} has no consensus label, and "
+            f"all images of a patient must be in the same set. See 'Held-back patients' under the counts for a way out.")
         return
+    leaving = (target, "unlabeled") if target == "meta" and not checked else (target,)
     for img in group:
         current = slot["roles"].get(img, "train")
-        slot["roles"][img] = target if checked else ("train" if current == target else current)
+        slot["roles"][img] = target if checked else ("train" if current in leaving else current)
     if len(group) > 1:
         names = ", ".join(Path(g).name for g in group)
         st.session_state[f"{key}_moved"] = f"Moved the patient's {len(group)} images together: {md(names)}."
     slot["dirty"] = True
+    st.session_state.pop(f"{key}_note", None)  # the proposal's size note no longer describes these sets
 
 
 def editor_controls(key: str, table) -> tuple[str, str, list[str]]:

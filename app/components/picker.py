@@ -17,6 +17,15 @@ def _opened(path: Path) -> None:
     st.rerun()
 
 
+def folder_form(*, key: str, label: str, placeholder: str, help: str, button: str) -> str:  # noqa: A002
+    """A folder path typed on this computer, submitted with `button`: the path (stripped) once submitted, else "".
+    Owns st.session_state[key] (the text) and the form f"{key}_form"."""
+    with st.form(f"{key}_form", border=False):
+        text = st.text_input(label, key=key, placeholder=placeholder, help=help)
+        submitted = st.form_submit_button(button, icon=":material/folder_open:")
+    return text.strip() if submitted else ""
+
+
 def dataset_picker(*, key: str) -> None:
     """Owns st.session_state[f"{key}_*"]. On success sets the session's dataset and reruns."""
     recent = [d for d in state.store().list_datasets() if Path(d["path"]).is_dir()]
@@ -33,13 +42,12 @@ def dataset_picker(*, key: str) -> None:
                     path = ds.open_dataset(ds.ensure_demo())
                 _opened(path)
     with tab_path:
-        with st.form(f"{key}_path_form", border=False):
-            text = st.text_input("Dataset folder (on the machine running this app)", key=f"{key}_path",
-                                 placeholder="/data/rop/study1", help="the folder that holds votes.csv and the images")
-            submitted = st.form_submit_button("Open folder", icon=":material/folder_open:")
-        if submitted and text.strip():
+        text = folder_form(key=f"{key}_path", label="Dataset folder (on the machine running this app)",
+                           placeholder="/data/rop/study1", help="the folder that holds votes.csv and the images",
+                           button="Open folder")
+        if text:
             with guard("open the dataset"):
-                path = ds.open_dataset(text.strip())
+                path = ds.open_dataset(text)
                 _opened(path)
     with tab_zip:
         st.caption("A zip of the dataset folder: votes.csv, the images (PNG, JPEG, TIFF, BMP, DICOM) and optionally a "

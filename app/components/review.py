@@ -1,7 +1,10 @@
 """The review queue: flagged images of a run's labels.csv, one at a time, each action one audit row in the store.
 
-Session slots (key = "rv" on the Review page): f"{key}_current" (image shown), f"{key}_note", f"{key}_msg",
-f"{key}_zoom", f"{key}_fx", f"{key}_fy", and the filters f"{key}_f_*".
+Session slots (key = "rv" on the Review page): f"{key}_current" (image shown), f"{key}_shown" (the image the
+note field belongs to), f"{key}_note", f"{key}_msg", f"{key}_trail" (images seen before, for Previous),
+f"{key}_zoom", f"{key}_fx", f"{key}_fy", the filters f"{key}_f_*", and for the two tables ("list", "hist")
+f"{key}_{name}_images" (the images of their rows as drawn) and f"{key}_nonce" (part of their keys: a new nonce
+draws them without a selection).
 """
 
 from __future__ import annotations
@@ -19,20 +22,18 @@ from app.plain import code, md
 from engine.data.aggregate import parse_votes
 from engine.data.schema import parse_bool
 
-# flag_reason is free text from engine/flags.py (parts joined with "; "); these phrases group it for filtering
-REASON_GROUPS = (
-    ("model suggests", "model disagrees with the votes"),
-    ("experts split", "split vote, uncertain soft label"),
-    ("experts tied", "tied vote"),
-)
+
+def reason_codes(cell: str) -> list[str]:
+    """The machine-readable reasons of a row: labels.csv `flag_code`, ';'-joined, the first the primary one. The
+    words in `flag_reason` are for people and never parsed (runs older than the codes have none: [])."""
+    return [c.strip() for c in str(cell or "").split(";") if c.strip()]
 
 
-def reason_groups(text: str) -> list[str]:
-    parts = [p.strip() for p in str(text or "").split(";") if p.strip()]
-    out = []
-    for p in parts:
-        out.append(next((label for phrase, label in REASON_GROUPS if p.startswith(phrase)), "other"))
-    return out
+def reason_label(code_: str) -> str:
+    """A reason code's short label for people (engine.flags.FLAG_CODES; an unknown code shows as itself)."""
+    from engine.flags import FLAG_CODES
+
+    return FLAG_CODES.get(code_, code_)
 
 
 @st.cache_data(max_entries=8, show_spinner=False)
@@ -49,13 +50,15 @@ def load_labels(run_dir: Path) -> tuple[pd.DataFrame, list[str]]:
 
 
 def queue(labels: pd.DataFrame) -> pd.DataFrame:
-    """Flagged rows (flag == 1), highest flag_score first (ties keep file order)."""
+    """Flagged rows (flag == 1) in the engine's review order: highest `priority` first (ties keep file order).
+    Adds `_score` (flag_score as a number) and `_reasons` (the row's reason codes)."""
     flagged = labels[labels["flag"].map(parse_bool).eq(True)].copy()
     flagged["_score"] = pd.to_numeric(flagged["flag_score"], errors="coerce").fillna(0.0)
+    flagged["_priority"] = pd.to_numeric(flagged["priority"], errors="coerce").fillna(flagged["_score"])
     flagged["_order"] = range(len(flagged))
-    flagged = flagged.sort_values(["_score", "_order"], ascending=[False, True], kind="stable")
-    flagged["_reasons"] = flagged["flag_reason"].map(reason_groups)
-    return flagged.drop(columns=["_order"]).reset_index(drop=True)
+    flagged = flagged.sort_values(["_priority", "_order"], ascending=[False, True], kind="stable")
+    flagged["_reasons"] = flagged["flag_code"].map(reason_codes)
+    return flagged.drop(columns=["_order", "_priority"]).reset_index(drop=True)
 
 
 def dataset_root(run_dir: Path) -> Path | None:
@@ -76,6 +79,15 @@ ACTION_TEXT = {"accept_suggestion": "accepted the suggestion", "keep_majority": 
                "choose_class": "chose", "skip": "skipped"}
 
 
+def saved_text(action: str, new_label: str | None, image: str) -> str:
+    """The toast after an action, e.g. "Saved: you chose plus for P001_L.png" (names escaped for Markdown)."""
+    name = md(Path(image).name)
+    if action == "skip":
+        return f"Saved: you skipped {name}; it stays in the queue."
+    what = f"chose {md(new_label)}" if action == "choose_class" else f"{ACTION_TEXT[action]} ({md(new_label)})"
+    return f"Saved: you {what} for {name}."
+
+
 def decide(key: str, run_dir: str, image: str, action: str, new_label: str | None, old_label: str | None,
            next_image: str | None) -> None:
     """Button callback: exactly one add_decision row, then advance to next_image."""
@@ -89,21 +101,48 @@ def decide(key: str, run_dir: str, image: str, action: str, new_label: str | Non
         st.session_state[f"{key}_msg"] = ("error", f"The decision was NOT recorded: {md(exc)}")
         return
     state.log.info("decision %s on %s by %s: %s -> %s", action, image, reviewer, old_label, new_label)
-    what = ACTION_TEXT[action] + (f" {md(new_label)}" if action == "choose_class" else "")
-    st.session_state[f"{key}_msg"] = ("ok", f"Saved: you {what} for {md(Path(image).name)}.")
+    st.session_state[f"{key}_msg"] = ("ok", saved_text(action, new_label, image))
     st.session_state[f"{key}_note"] = ""
     st.session_state.setdefault(f"{key}_trail", []).append(image)
     st.session_state[f"{key}_current"] = next_image
     st.session_state[f"{key}_zoom"] = 1.0
 
 
-def new_selection(event, slot: str) -> int | None:
-    """The selected row of a dataframe event, only when the selection changed since the last run (else None)."""
-    rows = tuple(event.selection.rows) if event is not None and hasattr(event, "selection") else ()
-    if rows == st.session_state.get(slot, ()):
-        return None
-    st.session_state[slot] = rows
-    return rows[0] if rows else None
+def filters_changed(key: str) -> None:
+    """on_change of a filter: show the first image of the newly filtered list (the page picks it)."""
+    st.session_state.pop(f"{key}_current", None)
+
+
+def table_key(key: str, name: str) -> str:
+    """The widget key of the "list" or "hist" table: it changes after each pick, so the table comes back unselected
+    and picking the same row again is a new pick."""
+    return f"{key}_{name}_{st.session_state.get(f'{key}_nonce', 0)}"
+
+
+def take_selection(key: str) -> None:
+    """Go to the image of a row picked in a table during the previous run. Called at the top of the page, before
+    any widget is drawn: moving there sets the zoom, which Streamlit refuses once the zoom slider exists."""
+    for name in ("list", "hist"):
+        picked = st.session_state.get(table_key(key, name)) or {}
+        rows = list((picked.get("selection") or {}).get("rows") or [])
+        images = st.session_state.get(f"{key}_{name}_images") or []
+        if rows and rows[0] < len(images):
+            current = st.session_state.get(f"{key}_current")
+            if images[rows[0]] != current:
+                go_to(key, images[rows[0]], current)
+            st.session_state[f"{key}_nonce"] = st.session_state.get(f"{key}_nonce", 0) + 1
+            return
+
+
+def pending_note(history: pd.DataFrame, image: str) -> str:
+    """The note of the image's latest row when that row is a skip: it goes into the note field, so that it is
+    saved with the decision eventually made (a skip is never the decision in force)."""
+    if history.empty:
+        return ""
+    mine = history[history["image"] == image]
+    if mine.empty or mine.iloc[-1]["action"] != "skip":
+        return ""
+    return str(mine.iloc[-1]["note"] or "")
 
 
 def go_to(key: str, image: str | None, came_from: str | None = None) -> None:

@@ -37,4 +37,5 @@ def run_picker(*, key: str, purpose: str) -> Path | None:
                           help="the training run whose flagged images and labels you work on")
     if choice != (str(current) if current else None):
         state.set_run(choice)
+        st.rerun()  # once: the sidebar, drawn before this page, shows the session's run too
     return Path(choice)

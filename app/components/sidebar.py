@@ -30,6 +30,12 @@ def context(*, key: str) -> None:
             except Exception:
                 state.log.exception("store unavailable")
             job_state = jobs.view(record).state if record else ("done" if (run / "labels.csv").exists() else "?")
-            st.markdown(f"**Run** · {md(run.name)}")
-            st.caption(f"state: {job_state}")
+            st.markdown("**Run**")
+            st.text(f"{run.name} ({job_state})")
+        if dataset is not None:
+            training = [v for v in (jobs.view(r) for r in state.store().list_runs(dataset=dataset)
+                                    if r["state"] in jobs.ACTIVE) if v.active and v.run_dir != run]
+            for v in training[:3]:
+                st.caption(":blue-badge[training]")
+                st.text(v.name)
         st.caption(f"Workspace: {code(state.workspace())}")

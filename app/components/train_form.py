@@ -94,7 +94,12 @@ def _exists(group: str, name: str) -> bool:
     return cls is not None and any(f.name == name for f in dataclasses.fields(cls))
 
 
-def _input(tp: type, default: Any, *, label: str, help: str, key: str) -> Any:  # noqa: A002
+def _input(tp: type, default: Any, *, label: str, help: str, key: str,  # noqa: A002
+           choices: list | None = None) -> Any:
+    if choices:  # only these values are valid: a select box, not free text
+        options = list(choices)
+        return st.selectbox(label, options, index=options.index(default) if default in options else 0, help=help,
+                            key=key)
     if tp is bool:
         return st.checkbox(label, value=bool(default), help=help, key=key)
     if tp is int:
@@ -112,8 +117,9 @@ def _float_step(value: float) -> float:
 
 def _field_input(group: str, name: str, key: str, *, default: Any = None) -> Any:
     tp, field_default, help_text = _field(group, name)
+    choices = next(f for f in dataclasses.fields(_groups()[group]) if f.name == name).metadata.get("choices")
     return _input(tp, field_default if default is None else default, label=label_for(name), help=help_text,
-                  key=f"{key}_{group}_{name}")
+                  key=f"{key}_{group}_{name}", choices=choices)
 
 
 def _param_type(default: Any) -> type:
@@ -168,7 +174,7 @@ def train_form(*, key: str, methods: list[dict], defaults: dict | None = None) -
                 with pcols[i % 3]:
                     method_values[prm["name"]] = _input(
                         _param_type(prm.get("default")), prm.get("default"), label=label_for(prm["name"]),
-                        help=prm.get("help") or "", key=f"{key}_{method}_{prm['name']}")
+                        help=prm.get("help") or "", key=f"{key}_{method}_{prm['name']}", choices=prm.get("choices"))
         with st.expander("DR pretraining (optional)"):
             for group, name in pretrain_fields():
                 values[(group, name)] = _field_input(group, name, key, default=defaults.get((group, name)))

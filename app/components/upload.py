@@ -75,8 +75,9 @@ def _ignored(info: zipfile.ZipInfo) -> bool:
     return any(part in IGNORED_PARTS for part in PurePosixPath(info.filename.replace("\\", "/")).parts)
 
 
-def check_zip(zf: zipfile.ZipFile, *, label: str, free_bytes: int | None = None) -> list:
-    """Every reason to refuse this archive, as engine Problems (empty = safe to extract)."""
+def check_zip(zf: zipfile.ZipFile, *, label: str, free_bytes: int | None = None, need_votes: bool = True) -> list:
+    """Every reason to refuse this archive, as engine Problems (empty = safe to extract). `need_votes=False` for a
+    zip of images only (the Predict page)."""
     from engine.errors import Problem
 
     image_ext = _image_extensions()
@@ -87,7 +88,7 @@ def check_zip(zf: zipfile.ZipFile, *, label: str, free_bytes: int | None = None)
         if reason:
             problems.append(Problem(label, f"'{info.filename}' {reason}", "remove it from the zip and upload again"))
     files = [i for i in members if not i.is_dir()]
-    if not any(PurePosixPath(i.filename).name == "votes.csv" for i in files):
+    if need_votes and not any(PurePosixPath(i.filename).name == "votes.csv" for i in files):
         problems.append(Problem(label, "no votes.csv in the zip", "put votes.csv next to the images, then zip the folder"))
     problems += _layout_problems(files, label)
     for info in files:
@@ -136,23 +137,13 @@ def extract_dataset_zip(data: bytes, name: str, datasets_dir: Path) -> Path:
 
     Raises engine.errors.InputError listing every refused member. Re-uploading the same bytes reuses the folder.
     """
-    from engine.errors import InputError, Problem
-
     label = name or "upload.zip"
     digest = hashlib.sha256(data).hexdigest()[:10]
     stem = "".join(c if c.isalnum() or c in "-_" else "_" for c in Path(label).stem)[:40] or "dataset"
     target = Path(datasets_dir) / f"{stem}-{digest}"
     if (target / ".complete").exists():
         return dataset_root(target)
-    try:
-        zf = zipfile.ZipFile(io.BytesIO(data))
-    except zipfile.BadZipFile:
-        raise InputError(Problem(label, "is not a zip archive (or it is damaged)", "upload a .zip file")) from None
-    with zf:
-        datasets_dir.mkdir(parents=True, exist_ok=True)
-        problems = check_zip(zf, label=label, free_bytes=shutil.disk_usage(datasets_dir).free)
-        if problems:
-            raise InputError(problems)
+    with _open_checked(data, label, Path(datasets_dir), need_votes=True) as zf:
         tmp = target.with_name(target.name + ".partial")
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir(parents=True)
@@ -165,6 +156,36 @@ def extract_dataset_zip(data: bytes, name: str, datasets_dir: Path) -> Path:
     shutil.rmtree(target, ignore_errors=True)
     tmp.rename(target)
     return dataset_root(target)
+
+
+def _open_checked(data: bytes, label: str, folder: Path, *, need_votes: bool) -> zipfile.ZipFile:
+    """The uploaded bytes as an open archive that `check_zip` found nothing to refuse in (else one InputError
+    listing every problem). `folder` (created) is where it will be unpacked: its disk's free space is checked."""
+    from engine.errors import InputError, Problem
+
+    try:
+        zf = zipfile.ZipFile(io.BytesIO(data))
+    except zipfile.BadZipFile:
+        raise InputError(Problem(label, "is not a zip archive (or it is damaged)", "upload a .zip file")) from None
+    folder.mkdir(parents=True, exist_ok=True)
+    problems = check_zip(zf, label=label, free_bytes=shutil.disk_usage(folder).free, need_votes=need_votes)
+    if problems:
+        zf.close()
+        raise InputError(problems)
+    return zf
+
+
+def extract_images_zip(data: bytes, name: str, target: Path) -> Path:
+    """Check (as a dataset zip, but without votes.csv), then extract a zip of images into the new folder `target`.
+    Raises engine.errors.InputError listing every refused member; nothing is left in `target` then."""
+    label = name or "upload.zip"
+    with _open_checked(data, label, Path(target), need_votes=False) as zf:
+        try:
+            _extract(zf, target.resolve(), label)
+        except BaseException:
+            shutil.rmtree(target, ignore_errors=True)
+            raise
+    return target
 
 
 def _extract(zf: zipfile.ZipFile, root: Path, label: str) -> None:

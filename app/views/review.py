@@ -10,9 +10,11 @@ from app.components import ordering, precision, retrain
 from app.components import review as rv
 from app.components.errors import guard
 from app.components.run_picker import run_picker
+from app.components.run_warnings import warnings_box
 from app.plain import md
 from engine.data.aggregate import parse_votes
 from engine.data.schema import parse_bool
+from engine.flags import FLAG_CODES
 
 K = "rv"  # this page's session-state prefix
 
@@ -31,6 +33,7 @@ if not reviewer:
             st.rerun()
     st.stop()
 
+rv.take_selection(K)  # a row picked in a table on the last run: before any widget is drawn
 with guard("load the run's labels"):
     labels, classes = rv.load_labels(run)
     q = rv.queue(labels)
@@ -49,6 +52,7 @@ with guard("load the run's labels"):
         if st.button("Not you?", key="rv_change_name", type="tertiary"):
             st.session_state.pop(state.REVIEWER, None)
             st.rerun()
+    warnings_box(key=f"{K}_warn", run_dir=run)
     msg = st.session_state.pop(f"{K}_msg", None)
     if msg:
         (st.toast if msg[0] == "ok" else st.error)(msg[1], icon=":material/check_circle:" if msg[0] == "ok" else ":material/error:")
@@ -60,13 +64,18 @@ with guard("load the run's labels"):
 
     experts = sorted({e for v in q["votes"] for e in parse_votes(v)})
     f1, f2, f3, f4 = st.columns([2.4, 1.8, 1.5, 1.2])
+    refilter = {"on_change": rv.filters_changed, "args": (K,)}  # a new filter shows its list's first image
     show = f1.segmented_control("Show", ["to review", "skipped", "reviewed", "all"], default="to review",
-                                key=f"{K}_f_show", width="stretch") or "to review"
-    reasons = f2.multiselect("Reason", sorted({r for rs in q["_reasons"] for r in rs}), key=f"{K}_f_reason",
-                             placeholder="any reason")
-    cls_filter = f3.multiselect("Class (majority or suggestion)", classes, key=f"{K}_f_class", placeholder="any class")
+                                key=f"{K}_f_show", width="stretch", **refilter) or "to review"
+    codes = [c for c in FLAG_CODES if any(c in rs for rs in q["_reasons"])]  # engine order, present ones
+    codes += sorted({c for rs in q["_reasons"] for c in rs} - set(codes))
+    reasons = f2.multiselect("Reason", codes, key=f"{K}_f_reason", format_func=rv.reason_label,
+                             placeholder="any reason" if codes else "no reason codes in this run",
+                             disabled=not codes, **refilter)
+    cls_filter = f3.multiselect("Class (majority or suggestion)", classes, key=f"{K}_f_class", placeholder="any class",
+                                **refilter)
     expert = f4.selectbox("Expert", ["any expert", *experts], key=f"{K}_f_expert",
-                          help="only images this expert graded")
+                          help="only images this expert graded", **refilter)
 
     status = ["reviewed" if img in current else ("skipped" if last_action.get(img) == "skip" else "to review")
               for img in q["image"]]
@@ -99,7 +108,11 @@ with guard("load the run's labels"):
             next_image = next((img for img in order if img not in current and img != wanted), None)
         prev_in_list = order[pos - 1] if pos > 0 else None
         trail = st.session_state.get(f"{K}_trail") or []
-        next_in_list = order[pos + 1] if 0 <= pos < len(order) - 1 else None
+        # outside the filtered list (e.g. back to an image the filter hides), Next leads into the list
+        next_in_list = order[pos + 1] if 0 <= pos < len(order) - 1 else (order[0] if pos < 0 and order else None)
+        if st.session_state.get(f"{K}_shown") != wanted:  # a new image: its own note (a skip's note), not the last one's
+            st.session_state[f"{K}_note"] = rv.pending_note(history, wanted)
+            st.session_state[f"{K}_shown"] = wanted
 
         root = rv.dataset_root(run)
         left, right = st.columns([3, 2], gap="large")
@@ -109,8 +122,10 @@ with guard("load the run's labels"):
             where = f"{pos + 1} of {len(order)} in this list" if pos >= 0 else "not in the filtered list"
             st.markdown(f"#### {md(Path(row['image']).name)}")
             st.caption(f"{where} · flag score {float(row['_score']):.2f}")
-            for reason in [p.strip() for p in row["flag_reason"].split(";") if p.strip()]:
-                st.warning(md(reason), icon=":material/flag:")
+            for reason in row["_reasons"]:  # one box per reason code, the primary first
+                st.warning(md(rv.reason_label(reason)), icon=":material/flag:")
+            if row["flag_reason"]:  # the engine's words, whole (older runs have only these)
+                (st.caption if row["_reasons"] else st.warning)(md(row["flag_reason"]))
             majority = row["majority"]
             st.markdown(f"Majority vote: **{md(majority or '—')}**"
                         + (" · unanimous" if parse_votes(row["votes"]) and parse_bool(row["consensus"])
@@ -130,6 +145,9 @@ with guard("load the run's labels"):
                 st.info(f"Current decision: **{md(decided['new_label'])}** by {md(decided['reviewer'])} ({when} UTC, "
                         f"{rv.ACTION_TEXT[decided['action']]}). A new action replaces it; the old one stays in "
                         "the history.", icon=":material/history:")
+            elif last_action.get(wanted) == "skip":
+                st.info("Skipped earlier: it stays in the queue until someone decides. The skip's note, if any, is "
+                        "in the note field and is saved with the decision.", icon=":material/skip_next:")
             old_label = decided["new_label"] if decided is not None else (majority or None)
 
             st.text_input("Note (optional, saved with your next action)", key=f"{K}_note")
@@ -163,27 +181,22 @@ with guard("load the run's labels"):
             "image": view["image"], "status": view["_status"], "majority": view["majority"],
             "suggested": view["suggested"], "flag score": view["_score"],
             "decision": [current[i]["new_label"] if i in current else "" for i in view["image"]],
-            "reason": view["flag_reason"]})
-        ev = st.dataframe(table, hide_index=True, width="stretch", key=f"{K}_list_{show}_{len(view)}",
-                          on_select="rerun", selection_mode="single-row", height=260,
-                          column_config={"flag score": st.column_config.NumberColumn(format="%.2f")})
-        picked = rv.new_selection(ev, f"{K}_list_sel")
-        if picked is not None and table.iloc[picked]["image"] != wanted:
-            rv.go_to(K, table.iloc[picked]["image"], wanted)
-            st.rerun()
+            "reason": [", ".join(rv.reason_label(c) for c in rs) if rs else text
+                       for rs, text in zip(view["_reasons"], view["flag_reason"], strict=True)]})
+        st.session_state[f"{K}_list_images"] = list(table["image"])  # what a picked row means (rv.take_selection)
+        st.dataframe(table, hide_index=True, width="stretch", key=rv.table_key(K, "list"), on_select="rerun",
+                     selection_mode="single-row", height=260,
+                     column_config={"flag score": st.column_config.NumberColumn(format="%.2f")})
     with tab_hist:
         if history.empty:
             st.caption("No decisions yet. Every action is stored here for good: changing a decision adds a row.")
         else:
             hist = history.sort_values("id", ascending=False)[
                 ["id", "image", "action", "old_label", "new_label", "reviewer", "decided_at", "note"]]
-            ev2 = st.dataframe(hist, hide_index=True, width="stretch", key=f"{K}_hist_{len(history)}",
-                               on_select="rerun", selection_mode="single-row", height=260)
+            st.session_state[f"{K}_hist_images"] = list(hist["image"])
+            st.dataframe(hist, hide_index=True, width="stretch", key=rv.table_key(K, "hist"), on_select="rerun",
+                         selection_mode="single-row", height=260)
             st.caption("Select a row to go back to that image and change the decision (the history is kept).")
-            picked = rv.new_selection(ev2, f"{K}_hist_sel")
-            if picked is not None and hist.iloc[picked]["image"] != wanted:
-                rv.go_to(K, hist.iloc[picked]["image"], wanted)
-                st.rerun()
 
     st.divider()
     st.subheader("Retrain with your reviews")

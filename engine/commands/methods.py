@@ -20,7 +20,8 @@ def run(args) -> int:
     for name in list_methods():
         cls = get_method(name)
         params = [
-            {"name": f.name, "default": f.default, "help": f.metadata.get("help", "")}
+            {"name": f.name, "default": f.default, "help": f.metadata.get("help", ""),
+             **({"choices": list(f.metadata["choices"])} if f.metadata.get("choices") else {})}
             for f in dataclasses.fields(cls.config_cls)
         ]
         rows.append({"name": name, "summary": cls.summary, "params": params})
@@ -30,5 +31,6 @@ def run(args) -> int:
         for r in rows:
             print(f"{r['name']:14s} {r['summary']}")
             for prm in r["params"]:
-                print(f"    --{r['name']}-{prm['name'].replace('_', '-')} [{prm['default']}]  {prm['help']}")
+                choices = f" {{{','.join(prm['choices'])}}}" if prm.get("choices") else ""
+                print(f"    --{r['name']}-{prm['name'].replace('_', '-')}{choices} [{prm['default']}]  {prm['help']}")
     return 0

@@ -24,10 +24,18 @@ from engine.errors import InputError, Problem
 
 CLASSES = ("normal", "pre-plus", "plus")
 TRUE_THRESHOLDS = (0.45, 0.70)  # severity < 0.45 normal, < 0.70 pre-plus, else plus
-# severity quantiles: half the eyes below 0.45, 80 % below 0.70 -> about 50/30/20 like ROP screening;
-# the lower end starts at 0.15 so that many normal eyes sit near the border (as in the ROP study's images)
+# severity quantiles (for the README preview): half the eyes below 0.45, 80 % below 0.70 -> about 50/30/20
 _SEVERITY_KNOTS = ((0.0, 0.5, 0.8, 1.0), (0.15, 0.45, 0.70, 1.0))
-EYE_SPREAD = 0.06  # sd of an eye's severity around its patient's
+CLASS_SHARE = (0.5, 0.3, 0.2)  # patients per true class, like ROP screening (exact counts, largest remainder)
+CLASS_BAND = ((0.15, 0.45), (0.45, 0.70), (0.70, 1.0))  # severities of each true class (lower end: a visible tree)
+# A quarter of each class's patients are clear-cut: both eyes sit where every expert's thresholds put that class,
+# and the experts see them sharply, so both eyes are usually unanimous. Without them a patient-grouped split finds
+# almost no unanimous pre-plus patient (pre-plus is the class experts disagree on most), and the meta set cannot
+# teach that class. The other patients are borderline: their eyes sit near a class border.
+CLEAR_SHARE = 0.25
+CLEAR_MARGIN = 0.025  # how far inside every expert's thresholds a clear-cut severity lies
+CLEAR_NOISE, BORDER_NOISE = 0.12, 1.2  # factors on each expert's noise for clear-cut / borderline patients
+EYE_SPREAD, CLEAR_EYE_SPREAD = 0.06, 0.01  # sd of an eye's severity around its patient's
 
 
 @dataclass(frozen=True)
@@ -39,7 +47,7 @@ class SimExpert:
     noise: float
 
 
-# tuned so that about a third of the images are unanimous for n=400 (the ROP study had 32 %)
+# with the patient mix above, about 40 % of the images are unanimous (the ROP study had 32 %)
 EXPERTS = (
     SimExpert("dr_a", (0.51, 0.77), 0.20),  # conservative
     SimExpert("dr_b", (0.37, 0.62), 0.20),  # calls disease early
@@ -288,22 +296,58 @@ def severity_class(severity: np.ndarray, thresholds: tuple[float, float] = TRUE_
     return np.digitize(severity, thresholds).astype(int)
 
 
+def clear_cores(experts=EXPERTS, margin: float = CLEAR_MARGIN) -> tuple[tuple[float, float], ...]:
+    """Per class, the severities (lo, hi) that every expert's thresholds put in that class, `margin` inside."""
+    low = min(e.thresholds[0] for e in experts) - margin  # the earliest "pre-plus" call
+    mid_lo = max(e.thresholds[0] for e in experts) + margin
+    mid_hi = min(e.thresholds[1] for e in experts) - margin
+    high = max(e.thresholds[1] for e in experts) + margin  # the latest "plus" call
+    return (CLASS_BAND[0][0], low), (mid_lo, mid_hi), (high, CLASS_BAND[2][1])
+
+
+def _patient_severities(layout: np.random.Generator, n_pat: int) -> tuple[np.ndarray, np.ndarray]:
+    """(severity (P,), clear (P,) bool) per patient: exact CLASS_SHARE class counts, CLEAR_SHARE of each class
+    clear-cut (severity inside the class's clear core), the others borderline (in the class band, outside the core)."""
+    from engine.data.split import largest_remainder
+
+    per_class = largest_remainder(n_pat, [round(1000 * s) for s in CLASS_SHARE])
+    cls = layout.permutation(np.repeat(np.arange(len(CLASSES)), per_class))
+    clear = np.zeros(n_pat, dtype=bool)
+    for c in range(len(CLASSES)):
+        members = np.flatnonzero(cls == c)
+        clear[members[: int(np.ceil(CLEAR_SHARE * len(members)))]] = True
+    cores = np.array(clear_cores())[cls]  # (P, 2)
+    bands = np.array(CLASS_BAND)[cls]
+    u = layout.random(n_pat)
+    below, above = cores[:, 0] - bands[:, 0], bands[:, 1] - cores[:, 1]
+    x = u * (below + above)  # borderline: uniform over the band minus the core
+    border = np.where(x < below, bands[:, 0] + x, cores[:, 1] + (x - below))
+    severity = np.where(clear, cores[:, 0] + u * (cores[:, 1] - cores[:, 0]), border)
+    return severity, clear
+
+
 def simulate_labels(n: int, seed: int, layout: np.random.Generator | None = None):
     """Patients, eyes, severities and votes of a demo of `n` images -> patient_no (N,) int, left_eye (N,) bool,
     severity (N,) float in [0, 1], votes (N, E) class indices. Two eyes per patient with similar severity."""
     layout = np.random.default_rng([seed, 0]) if layout is None else layout
     n_pat = (n + 1) // 2
-    pat_sev = severity_from_uniform(layout.uniform(size=n_pat))
+    pat_sev, pat_clear = _patient_severities(layout, n_pat)
     patient_no = np.arange(n) // 2
     eye_left = (np.arange(n) % 2 == 1) ^ (layout.random(n_pat) < 0.5)[patient_no]
-    severity = np.clip(pat_sev[patient_no] + layout.normal(0, EYE_SPREAD, n), 0.0, 1.0).round(4)
-    votes = simulate_votes(severity, np.random.default_rng([seed, 1]))
+    clear = pat_clear[patient_no]
+    spread = np.where(clear, CLEAR_EYE_SPREAD, EYE_SPREAD)
+    severity = np.clip(pat_sev[patient_no] + layout.normal(0, 1, n) * spread, 0.0, 1.0).round(4)
+    votes = simulate_votes(severity, np.random.default_rng([seed, 1]),
+                           noise_scale=np.where(clear, CLEAR_NOISE, BORDER_NOISE))
     return patient_no, eye_left, severity, votes
 
 
-def simulate_votes(severity: np.ndarray, rng: np.random.Generator, experts=EXPERTS) -> np.ndarray:
-    """(N,) severities -> (N, E) class indices: each expert adds their own per-image noise, then thresholds."""
-    cols = [severity_class(severity + rng.normal(0.0, e.noise, len(severity)), e.thresholds) for e in experts]
+def simulate_votes(severity: np.ndarray, rng: np.random.Generator, experts=EXPERTS,
+                   noise_scale: np.ndarray | float = 1.0) -> np.ndarray:
+    """(N,) severities -> (N, E) class indices: each expert adds their own per-image noise (sd = the expert's
+    noise × noise_scale, (N,) or scalar), then applies their thresholds."""
+    n = len(severity)
+    cols = [severity_class(severity + rng.normal(0.0, e.noise, n) * noise_scale, e.thresholds) for e in experts]
     return np.stack(cols, axis=1)
 
 
@@ -496,6 +540,7 @@ def _readme(stats: dict, *, n: int, seed: int, size: int) -> str:
         f"| {e.name} | {e.thresholds[0]:.2f} | {e.thresholds[1]:.2f} | {e.noise:.2f} |" for e in EXPERTS
     )
     balance = ", ".join(f"{c} {k}" for c, k in stats["true_class_counts"].items())
+    share = " / ".join(f"{100 * s:.0f} %" for s in CLASS_SHARE)
     return f"""# {README_MARKER} (retinopathy of prematurity, plus disease)
 
 **Every image and every label in this folder is SYNTHETIC.** No real patient, image or grading was used.
@@ -507,7 +552,11 @@ DICOM files (`DEMO^PATIENTnn`) are fake and only there to exercise de-identifica
 - Each image has a hidden severity in [0, 1]. Severity raises the tortuosity and the width of the vessels
   (how plus disease is defined). True class: severity < {TRUE_THRESHOLDS[0]} normal, < {TRUE_THRESHOLDS[1]} pre-plus,
   else plus. Balance here: {balance}.
-- Two images (eyes) per patient (`patient_id`); the eyes of one patient have similar severity.
+- Two images (eyes) per patient (`patient_id`); the eyes of one patient have similar severity. Patients are
+  {share} normal / pre-plus / plus (an eye near a border may fall in the neighbouring class). A quarter of
+  each class's patients are clear-cut (both eyes well inside every expert's thresholds, seen sharply, so usually
+  unanimous: the meta and test sets can hold every class); the others are borderline (near a class border,
+  graded with more noise).
 - Three simulated experts grade every image: each sees severity + their own Gaussian noise and applies their own
   thresholds, so borderline images split:
 

@@ -600,7 +600,8 @@ def _data_warnings(table: VoteTable) -> list[Warning_]:
             out.append(
                 Warning_(
                     name,
-                    f"class '{c}' has no consensus image (>= 2 experts agreeing), so it gets no meta or test images",
+                    f"class '{c}' has no consensus image (graded by at least two experts who all agree), so it gets "
+                    "no meta or test images",
                 )
             )
     return out

@@ -101,6 +101,20 @@ def make_fake_run(run_dir: Path, dataset: Path, *, method: str = "mslg", seed: i
     return run_dir
 
 
+def write_model(run_dir: Path, *, size: int = 32) -> Path:
+    """A model.pt in the run-folder contract (what `engine predict` loads): timm's tiny test_resnet, untrained."""
+    import torch
+
+    from engine.models import create_model, normalisation
+
+    torch.manual_seed(0)
+    model = create_model("test_resnet", len(CLASSES))
+    mean, std = normalisation(model)
+    torch.save({"format": 1, "backbone": "test_resnet", "classes": CLASSES, "image_size": size, "mean": list(mean),
+                "std": list(std), "state_dict": model.state_dict(), "method": "mslg"}, run_dir / "model.pt")
+    return run_dir / "model.pt"
+
+
 @pytest.fixture
 def fake_run(workspace, demo, monkeypatch) -> Path:
     """A finished run registered in the workspace store and selected (ROP_RUN)."""

@@ -80,3 +80,39 @@ def test_few_meta_images_per_class_warns(at, demo):
     _propose(at)
     warnings = " ".join(w.value for w in at.warning)
     assert "fewer than 5" in warnings  # 24 images cannot give 5 meta images per class
+
+
+def test_a_short_class_names_the_held_back_patients_and_the_override_adds_them(at, demo, workspace):
+    """A consensus image whose patient's other eye has no consensus cannot be ticked; the page lists such patients
+    for the short classes and adds one on request: consensus eyes to meta, the other eyes to unlabeled."""
+    _propose(at)
+    table = read_votes(demo, classes=CLASSES)
+    agg = aggregate(table)
+    frame = table.frame.assign(consensus=agg["consensus"].to_numpy(), majority=agg["majority"].to_numpy())
+    roles = at.session_state["meta_roles"]["roles"]
+    mixed = frame.groupby("patient_id")["consensus"].transform(lambda c: c.any() and not c.all())
+    expected = sorted(pid for pid in frame.loc[mixed, "patient_id"].unique()
+                      if not any(roles[i] == "meta" for i in frame.loc[frame["patient_id"] == pid, "image"]))
+    assert expected, "the tiny demo should have a patient with one consensus eye"
+    listed = next(df.value for df in at.dataframe if "held back by" in df.value.columns)
+    assert sorted(listed["patient_id"]) == expected
+
+    pid = expected[0]
+    at.multiselect(key="meta_held_pick").set_value([pid]).run()
+    at.button(key="meta_held_add").click().run()
+    assert not at.exception, at.exception
+    roles = at.session_state["meta_roles"]["roles"]
+    mine = frame[frame["patient_id"] == pid]
+    assert all(roles[i] == ("meta" if c else "unlabeled") for i, c in zip(mine["image"], mine["consensus"], strict=True))
+    at.button(key="meta_save").click().run()
+    assert not at.error, [e.value for e in at.error]
+    saved = read_roles(next((workspace / "roles").glob("*.csv")), table)  # what `run --roles` accepts
+    assert list(saved[frame["patient_id"] == pid]) == [roles[i] for i in mine["image"]]
+
+
+def test_the_proposal_note_goes_once_the_sets_are_edited(at, demo):
+    _propose(at)
+    assert any("fewer than the target" in i.value for i in at.info)
+    at.checkbox[0].uncheck().run()
+    assert not at.exception, at.exception
+    assert not any("fewer than the target" in i.value for i in at.info)

@@ -7,7 +7,7 @@ import pytest
 from tests.app.texts import unescape
 
 PAGES = ["views/overview.py", "views/data.py", "views/meta.py", "views/train.py", "views/review.py",
-         "views/export.py"]
+         "views/export.py", "views/predict.py"]
 
 
 def _texts(at) -> str:
@@ -93,3 +93,76 @@ def test_a_new_session_comes_back_to_the_last_dataset_and_run(at, fake_run, monk
     assert not fresh.exception, fresh.exception
     assert fresh.session_state["dataset"] == at.session_state["dataset"]
     assert fresh.session_state["run"] == str(fake_run.resolve())
+
+
+def _card(at, title: str) -> tuple[bool, list[str]]:
+    """(ticked, the page's captions) for an Overview step card."""
+    marks = [m.value for m in at.markdown if f"· {title}**" in m.value]
+    assert len(marks) == 1, [m.value for m in at.markdown]
+    return "check_circle" in marks[0], [c.value for c in at.caption]
+
+
+def test_overview_ticks_the_meta_set_of_a_run_that_used_a_proposed_split(at, fake_run):
+    import pandas as pd
+
+    labels = pd.read_csv(fake_run / "labels.csv", keep_default_na=False)
+    labels[["image", "role"]].to_csv(fake_run / "roles.csv", index=False)  # what every engine run writes
+    at.run()
+    ticked, texts = _card(at, "Meta set")
+    n_meta = int((labels["role"] == "meta").sum())
+    assert ticked
+    assert any(f"proposed split: {n_meta} meta" in t for t in texts)
+
+
+def test_overview_ticks_review_only_when_every_flagged_image_is_reviewed(at, fake_run, workspace):
+    import pandas as pd
+
+    from engine.store import WorkspaceStore
+
+    labels = pd.read_csv(fake_run / "labels.csv", keep_default_na=False)
+    flagged = list(labels.loc[labels["flag"] == 1, "image"])
+    assert len(flagged) >= 2
+    with WorkspaceStore(workspace / "review.db") as store:
+        store.add_decision(fake_run, flagged[0], reviewer="Dr T", new_label="plus", old_label=None,
+                           action="choose_class")
+    at.run()
+    ticked, texts = _card(at, "Review")
+    assert not ticked
+    assert any(f"1 of {len(flagged)} flagged images reviewed" in t for t in texts)
+    with WorkspaceStore(workspace / "review.db") as store:
+        for image in flagged[1:]:
+            store.add_decision(fake_run, image, reviewer="Dr T", new_label="plus", old_label=None,
+                               action="choose_class")
+    at.run()
+    assert _card(at, "Review")[0]
+
+
+def test_the_sidebar_shows_the_run_the_review_page_works_on(at, fake_run, demo, workspace, monkeypatch):
+    """The session's run is one without labels.csv (e.g. just launched): the Review page falls back to the finished
+    run, and the sidebar says so in the same run of the script."""
+    from engine.store import WorkspaceStore
+
+    unfinished = workspace / "runs" / "20250103-000000-ce"
+    unfinished.mkdir(parents=True)
+    with WorkspaceStore(workspace / "review.db") as store:
+        store.register_run(unfinished, dataset=demo, method="ce", state="failed", pid=None)
+    monkeypatch.setenv("ROP_RUN", str(unfinished))
+    at.run()
+    at.switch_page("views/review.py").run()
+    assert not at.exception, at.exception
+    assert at.session_state["run"] == str(fake_run)
+    sidebar_texts = [t.value for t in at.sidebar.text]
+    assert any(t.startswith(fake_run.name) for t in sidebar_texts), sidebar_texts
+
+
+def test_class_balance_chart_sizes_itself_per_bar(at, demo):
+    """A fixed total height made Streamlit's theme squeeze the grouped bars and the bottom legend into it: the chart
+    collapsed into a thin strip. The height is a step per bar, so the chart grows with the classes."""
+    import json
+
+    at.run()
+    at.switch_page("views/data.py").run()
+    specs = [json.loads(c.proto.spec) for c in at.get("vega_lite_chart")]
+    grouped = [s for s in specs if "yOffset" in s.get("encoding", {})]
+    assert len(grouped) == 1  # the class balance: majority vote vs consensus only
+    assert grouped[0]["height"] == {"step": 16}

@@ -108,6 +108,93 @@ def test_filters_by_reason_and_class(at, fake_run):
     shown = next(unescape(m.value).strip("# ") for m in at.markdown if m.value.startswith("####"))
     row = labels.set_index("name").loc[shown]
     assert "plus" in (row["majority"], row["suggested"])
-    reasons = at.multiselect(key="rv_f_reason").options
-    assert reasons and all(r in {"model disagrees with the votes", "split vote, uncertain soft label", "tied vote",
-                                 "other"} for r in reasons)
+    from engine.flags import FLAG_CODES
+
+    codes = {c for cell in _flagged(fake_run)["flag_code"] for c in cell.split(";") if c}
+    assert sorted(at.multiselect(key="rv_f_reason").options) == sorted(FLAG_CODES[c] for c in codes)
+
+
+def test_a_tied_image_shows_its_coded_reasons_and_the_tie_filter_lands_on_it(at, fake_run):
+    """Reasons come from flag_code (one box per code, labelled by engine.flags.FLAG_CODES); the English flag_reason
+    is shown whole, never split at ';' (which made a tie two boxes and an 'other' reason)."""
+    from engine.flags import FLAG_CODES
+
+    _start(at)
+    flagged = _flagged(fake_run)
+    tied = flagged[flagged["flag_code"].str.split(";").map(lambda cs: "tie" in cs)]
+    assert len(tied) >= 2, "the tiny demo's fake run should flag tied images"
+    at.multiselect(key="rv_f_reason").set_value(["tie"]).run()
+    assert not at.exception, at.exception
+    first = tied.sort_values("priority", ascending=False, kind="stable").iloc[0]
+    assert _heading(at) == first["image"].split("/")[-1]  # the filter moved to the first tied image
+    boxes = [unescape(w.value) for w in at.warning]
+    assert boxes == [FLAG_CODES[c] for c in first["flag_code"].split(";")]
+    assert first["flag_reason"] in [unescape(c.value) for c in at.caption]  # the words, whole
+    assert not any(b == "other" or b.startswith("experts tied;") for b in boxes)
+
+
+def _table(at, name: str):
+    return next(df for df in at.dataframe if (df.key or "").startswith(f"rv_{name}_"))
+
+
+def _heading(at) -> str:
+    return next(unescape(m.value).strip("# ") for m in at.markdown if m.value.startswith("####"))
+
+
+def test_picking_an_earlier_decision_in_the_history_shows_that_image(at, fake_run):
+    _start(at)
+    first, second = _flagged(fake_run).iloc[0], _flagged(fake_run).iloc[1]
+    at.button(key="rv_majority").click().run()
+    assert at.session_state["rv_current"] == second["image"]
+    hist = _table(at, "hist")
+    at.session_state[hist.key] = {"selection": {"rows": [0], "columns": []}}  # the row of the decision just made
+    at.run()
+    assert not at.exception, at.exception  # was: StreamlitWidgetAlreadyInstantiatedError on rv_zoom
+    assert at.session_state["rv_current"] == first["image"]
+    assert _heading(at) == first["image"].split("/")[-1]  # shown in the same run, not one rerun later
+    assert any("Current decision" in i.value for i in at.info)
+    at.button(key="rv_prev").click().run()  # Previous leads back to where the pick came from
+    assert at.session_state["rv_current"] == second["image"]
+
+
+def test_picking_a_row_of_this_list_shows_that_image(at, fake_run):
+    _start(at)
+    third = _flagged(fake_run).iloc[2]
+    at.select_slider(key="rv_zoom").set_value(2.0).run()
+    at.session_state[_table(at, "list").key] = {"selection": {"rows": [2], "columns": []}}
+    at.run()
+    assert not at.exception, at.exception
+    assert _heading(at) == third["image"].split("/")[-1]
+    assert at.select_slider(key="rv_zoom").value == 1.0  # a new image starts unzoomed
+
+
+def test_changing_a_filter_moves_to_the_first_image_of_the_filtered_list(at, fake_run):
+    _start(at)
+    first, second = _flagged(fake_run).iloc[0], _flagged(fake_run).iloc[1]
+    at.button(key="rv_majority").click().run()
+    assert at.session_state["rv_current"] == second["image"]
+    at.segmented_control(key="rv_f_show").set_value("reviewed").run()
+    assert not at.exception, at.exception
+    assert _heading(at) == first["image"].split("/")[-1]  # the only reviewed image, not "not in the filtered list"
+    assert not any("not in the filtered list" in c.value for c in at.caption)
+    at.segmented_control(key="rv_f_show").set_value("to review").run()
+    assert _heading(at) == second["image"].split("/")[-1]
+    assert not at.button(key="rv_next").disabled
+
+
+def test_a_skip_keeps_its_note_for_the_decision_and_says_so(at, fake_run, workspace):
+    _start(at)
+    first = _flagged(fake_run).iloc[0]
+    at.text_input(key="rv_note").set_value("image blurred, ask Dr B")
+    at.button(key="rv_skip").click().run()
+    assert [unescape(t.value) for t in at.toast] == [
+        f"Saved: you skipped {first['image'].split('/')[-1]}; it stays in the queue."]
+    assert at.text_input(key="rv_note").value == ""  # the next image starts with an empty note
+    at.button(key="rv_prev").click().run()
+    assert at.session_state["rv_current"] == first["image"]
+    assert at.text_input(key="rv_note").value == "image blurred, ask Dr B"
+    assert any("Skipped earlier" in i.value for i in at.info)
+    at.button(key="rv_accept").click().run()
+    rows = _rows(workspace, fake_run)
+    assert list(rows["action"]) == ["skip", "accept_suggestion"]
+    assert list(rows["note"]) == ["image blurred, ask Dr B"] * 2  # in force with the decision, so export has it

@@ -4,6 +4,8 @@ for `python -m engine run`, no training), the live panel, Cancel, and a job whos
 from __future__ import annotations
 
 import json
+import os
+import signal
 import subprocess
 import sys
 import time
@@ -13,6 +15,7 @@ import pytest
 
 from app import jobs
 from engine.store import WorkspaceStore
+from tests.app.texts import unescape
 
 FAKE_ENGINE = str(Path(__file__).with_name("fake_engine.py"))
 
@@ -111,3 +114,198 @@ def test_form_options_are_accepted_by_the_engine_cli(at, demo, workspace, fake_e
     assert cfg.runtime.method == "mslg" and cfg.method_params["k"] == 10
     for r in WorkspaceStore(workspace / "review.db").list_runs():
         jobs.cancel(jobs.view(r))
+
+
+def _start_fake_job(workspace, dataset, name="20250102-000000-ce"):
+    """A running job as a reload finds it: a live process (the fake engine) registered in the store."""
+    run_dir = workspace / "runs" / name
+    proc = subprocess.Popen([sys.executable, FAKE_ENGINE, str(dataset), "--out", str(run_dir)],
+                            start_new_session=True)
+    assert _wait(lambda: (run_dir / "status.json").exists())
+    with WorkspaceStore(workspace / "review.db") as store:
+        store.register_run(run_dir, dataset=dataset, method="ce", state="running", pid=proc.pid)
+    return run_dir, proc
+
+
+def _table_rows(at) -> list[dict]:
+    return next(df.value for df in at.dataframe if (df.key or "").startswith("train_runs_table")).to_dict("records")
+
+
+def test_a_reload_during_a_run_shows_that_run_first_with_blank_cells(at, fake_run, demo, workspace):
+    """The session's run is a finished one (the last run with labels); a job is running: it is what the panel
+    shows and the first row of the runs table, and its not-yet-known accuracies are empty cells."""
+    run_dir, proc = _start_fake_job(workspace, demo)
+    try:
+        at.run()  # a new browser session = a reload
+        at.switch_page("views/train.py").run()
+        assert not at.exception, at.exception
+        assert at.session_state["run"] == str(fake_run)
+        assert any(run_dir.name in unescape(m.value) and "running" in m.value for m in at.markdown)
+        bars = at.get("progress")
+        assert bars and "Warm-up" in bars[0].proto.text
+        rows = _table_rows(at)
+        assert [r["run"] for r in rows] == [run_dir.name, fake_run.name]
+        assert (rows[0]["status"], rows[0]["meta acc"], rows[0]["test acc"], rows[0]["flagged"]) == (
+            "running", "", "", "")
+        assert rows[1]["meta acc"] == "80.0 %"
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        proc.wait(timeout=20)
+
+
+def test_a_run_started_outside_the_app_shows_its_own_start_and_duration(at, demo, workspace, monkeypatch):
+    """`make demo` hands the app a finished run folder: its start and duration come from the folder, not from when
+    the app first saw it."""
+    from tests.app.conftest import make_fake_run
+
+    run_dir = make_fake_run(workspace / "elsewhere" / "demo-mslg", demo)
+    start = 1_700_000_000.0  # 2023-11-14 22:13:20 UTC
+    progress = [json.loads(line) for line in (run_dir / "progress.jsonl").read_text().splitlines()]
+    (run_dir / "progress.jsonl").write_text("".join(json.dumps({**r, "time": start + 10 * i}) + "\n"
+                                                    for i, r in enumerate(progress)))
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    (run_dir / "metrics.json").write_text(json.dumps({**metrics, "wall_time_s": 754.2}))
+    monkeypatch.setenv("ROP_RUN", str(run_dir))
+    at.run()
+    at.switch_page("views/train.py").run()
+    assert not at.exception, at.exception
+    assert "Done in 12 min 34 s" in at.get("progress")[0].proto.text
+    (row,) = _table_rows(at)
+    from datetime import datetime
+
+    assert row["started"] == datetime.fromtimestamp(start).strftime("%Y-%m-%d %H:%M")
+    assert row["duration"] == "12 min 34 s"
+
+
+def test_parameters_with_fixed_values_are_select_boxes_and_reach_the_engine(at, demo, workspace, fake_engine):
+    """mslg's meta_jvp and real_update take only their listed values: select boxes, not free text."""
+    at.run()
+    at.switch_page("views/train.py").run()
+    jvp = at.selectbox(key="train_mslg_meta_jvp")
+    assert jvp.options == ["exact", "finite-difference"] and jvp.value == "exact"
+    assert at.selectbox(key="train_mslg_real_update").options == ["fresh-labels", "same-pass"]
+    assert not [t for t in at.text_input if t.key in ("train_mslg_meta_jvp", "train_mslg_real_update")]
+    jvp.set_value("finite-difference")
+    at.selectbox(key="train_mslg_real_update").set_value("same-pass")
+    at.number_input(key="train_schedule_epochs").set_value(2)
+    at.number_input(key="train_schedule_warmup_epochs").set_value(1)
+    next(b for b in at.form_submit_button if b.label == "Launch training").click().run()
+    assert not at.exception, at.exception
+    argv = fake_engine[0]
+    assert argv[argv.index("--mslg-meta-jvp") + 1] == "finite-difference"
+    assert argv[argv.index("--mslg-real-update") + 1] == "same-pass"
+    for r in WorkspaceStore(workspace / "review.db").list_runs():
+        jobs.cancel(jobs.view(r))
+
+
+def test_a_cancelled_run_with_a_checkpoint_resumes_with_its_own_settings(at, demo, workspace, fake_engine):
+    from engine.cli import build_parser
+    from engine.commands.run import config_from_args
+    from engine.config import DataConfig, RunConfig, RuntimeConfig, ScheduleConfig
+
+    _launch(at, data_image_size=32, schedule_epochs=2, schedule_warmup_epochs=1, schedule_batch_size=16)
+    with WorkspaceStore(workspace / "review.db") as store:
+        (record,) = store.list_runs()
+    run_dir = Path(record["run_dir"])
+    assert _wait(lambda: (run_dir / "status.json").exists())
+    at.run()
+    assert not [b for b in at.button if b.key == "train_live_resume"]  # nothing to resume while it runs
+    at.button(key="train_live_cancel").click().run()
+    assert _wait(lambda: json.loads((run_dir / "status.json").read_text())["state"] == "cancelled")
+    assert _wait(lambda: not jobs.pid_alive(record["pid"], run_dir))
+    at.run()
+    assert not [b for b in at.button if b.key == "train_live_resume"]  # no checkpoint: nothing to resume from
+    # what the engine leaves after its first epoch: the resolved config and a checkpoint
+    cfg = RunConfig(data=DataConfig(dataset=str(demo), image_size=32), schedule=ScheduleConfig(epochs=2,
+                    warmup_epochs=1, batch_size=16), runtime=RuntimeConfig(out=str(run_dir), method="ce"))
+    (run_dir / "config.json").write_text(json.dumps({**cfg.to_dict(), "versions": {}, "git_commit": "",
+                                                     "classes": ["normal", "pre-plus", "plus"], "device": "cpu"}))
+    (run_dir / "checkpoint.pt").write_bytes(b"checkpoint")
+    at.run()
+    assert any("cancelled" in e.value for e in at.error)
+    at.button(key="train_live_resume").click().run()
+    assert not at.exception, at.exception
+    assert len(fake_engine) == 2
+    argv = fake_engine[1]
+    assert argv[argv.index("--out") + 1] == str(run_dir) and "--resume" in argv
+    resumed = config_from_args(build_parser().parse_args(["run", *argv]))
+    assert resumed.runtime.resume and resumed.to_dict()["schedule"] == cfg.to_dict()["schedule"]
+    assert resumed.data.image_size == 32 and resumed.runtime.method == "ce"
+    with WorkspaceStore(workspace / "review.db") as store:
+        again = store.get_run(run_dir)
+    assert again["state"] == "running" and again["pid"] != record["pid"]
+    assert _wait(lambda: json.loads((run_dir / "status.json").read_text())["state"] == "running")
+    at.run()
+    assert at.get("progress")  # watched live again
+    jobs.cancel(jobs.view(again))
+
+
+WARNINGS = [
+    {"code": "warmup_model_selected", "message": "the selected model is the warm-up's last epoch (4): no epoch of "
+     "mslg's main phase reached its meta accuracy"},
+    {"code": "alpha_lowered", "message": "the look-ahead step broke the model, so α was lowered to 0.05"},
+    {"code": "queue_exceeds_expected", "message": "326 images are flagged but only about 80 majority labels are "
+     "expected to be wrong"},
+]
+
+
+def _with_warnings(run_dir: Path) -> None:
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    (run_dir / "metrics.json").write_text(json.dumps({**metrics, "warnings": WARNINGS,
+                                                      "expected_wrong_majority": 80.4}))
+
+
+def test_the_runs_warnings_show_on_the_train_and_review_pages(at, fake_run):
+    """metrics.json's warnings (engine codes + messages) are shown as plain text where the run is judged."""
+    _with_warnings(fake_run)
+    at.run()
+    at.switch_page("views/train.py").run()
+    assert not at.exception, at.exception
+    texts = [t.value for t in at.text]
+    for w in WARNINGS:
+        assert f"• {w['message']}" in texts
+    assert {m.label: m.value for m in at.metric}["Expected label errors"] == "80"
+    assert any("3 warnings from this run" in m.value for m in at.markdown)
+
+    at.switch_page("views/review.py").run()
+    at.text_input(key="rv_name_input").set_value("Dr T")
+    next(b for b in at.form_submit_button if b.label == "Start reviewing").click().run()
+    assert not at.exception, at.exception
+    texts = [t.value for t in at.text]
+    assert all(f"• {w['message']}" in texts for w in WARNINGS)
+
+
+def test_a_run_without_warnings_shows_none(at, fake_run):
+    at.run()
+    at.switch_page("views/train.py").run()
+    assert not any("from this run" in m.value for m in at.markdown)
+    assert {m.label: m.value for m in at.metric}["Expected label errors"] == "—"
+
+
+def test_the_cross_fitting_stage_reads_as_label_estimation_with_its_folds():
+    from app.components.job_panel import progress_fraction, status_line
+
+    status = {"state": "running", "stage": "crossfit", "fold": 2, "folds": 2, "epoch": 1, "of": 4}
+    assert status_line(status) == "Label estimation (cross-fitting) · fold 2/2 · epoch 1/4"
+    assert progress_fraction(status) == (1 + 1 / 4) / 2  # the second fold's first epoch, not back to 0 %
+
+
+def test_a_resumed_job_is_running_before_its_process_writes_a_status(at, demo, workspace):
+    """Between Resume and the engine's first status.json, the folder still holds the stopped run's 'cancelled':
+    the job is running (its new process lives), and the store is not set back to cancelled."""
+    run_dir = workspace / "runs" / "20250104-000000-ce"
+    run_dir.mkdir(parents=True)
+    (run_dir / "status.json").write_text(json.dumps({"state": "cancelled", "updated": time.time() - 5}))
+    elsewhere = workspace / "other-out"  # the live process writes its own status somewhere else
+    proc = subprocess.Popen([sys.executable, FAKE_ENGINE, str(demo), "--out", str(elsewhere)], start_new_session=True)
+    try:
+        with WorkspaceStore(workspace / "review.db") as store:
+            store.register_run(run_dir, dataset=demo, method="ce", state="running", pid=proc.pid)
+            record = store.get_run(run_dir)
+        assert _wait(lambda: jobs.pid_alive(proc.pid, run_dir))
+        assert jobs.view(record).state == "running"
+        with WorkspaceStore(workspace / "review.db") as store:
+            assert store.get_run(run_dir)["state"] == "running"
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        proc.wait(timeout=20)

@@ -1,4 +1,6 @@
-"""End to end in a real browser: demo dataset -> meta set -> a tiny training run -> review -> export.
+"""End to end in a real browser: demo dataset -> meta set -> a tiny training run -> review (picking an earlier
+decision from the history, switching a filter) -> export -> predict two new images -> a second run seen again after
+a reload, cancelled.
 
 Streamlit's own pattern: `streamlit run` on a free port with a temp workspace, poll /_stcore/health, wait until the
 script is idle (no status widget, no loading skeletons), then act and assert. Debian's chromium (`make test`
@@ -138,6 +140,34 @@ def nav(pg, title: str) -> None:
     idle(pg)
 
 
+def pick_row(pg, table, row: int) -> None:
+    """Select a row of a st.dataframe (a canvas grid) by clicking its row-selection cell at the left."""
+    table.scroll_into_view_if_needed()
+    box = table.bounding_box()
+    header = row_height = 35  # Streamlit's default row height, the header row included
+    pg.mouse.click(box["x"] + 12, box["y"] + header + row * row_height + row_height / 2)
+    idle(pg)
+
+
+def heading(pg) -> str:
+    return pg.locator("h4").first.inner_text().strip()
+
+
+def wait_state(run_dir: Path, states: tuple[str, ...], timeout: float) -> dict:
+    """status.json once its state is one of `states` (or the last one read when the time is up)."""
+    deadline, status = time.monotonic() + timeout, {}
+    while time.monotonic() < deadline:
+        if (run_dir / "status.json").exists():
+            try:
+                status = json.loads((run_dir / "status.json").read_text())
+            except ValueError:
+                status = {}
+            if status.get("state") in states:
+                break
+        time.sleep(1)
+    return status
+
+
 def test_listens_on_loopback_only(server):
     """Nothing on the network can reach the app, though it was started outside the repository root."""
     assert listening_addresses(server["port"]) == {"127.0.0.1"}
@@ -171,6 +201,11 @@ def _flow(pg, url: str, workspace: Path, tmp_path: Path) -> None:
     assert (workspace / "datasets" / "demo" / "votes.csv").is_file()
     assert pg.get_by_text("normal → pre-plus → plus").count() >= 1
     shot(pg, "data", tmp_path)
+    pg.get_by_role("tab", name="Agreement").click()
+    idle(pg)
+    chart = pg.locator('[data-testid="stVegaLiteChart"]').first
+    chart.wait_for()
+    assert chart.bounding_box()["height"] > 120  # the class balance chart, not a collapsed strip
 
     # 2. Meta set: propose, save
     nav(pg, "2 · Meta set")
@@ -198,14 +233,7 @@ def _flow(pg, url: str, workspace: Path, tmp_path: Path) -> None:
         runs = [Path(r[0]) for r in conn.execute("SELECT run_dir FROM runs")]
     assert len(runs) == 1
     run_dir = runs[0]
-    deadline = time.monotonic() + TRAIN_TIMEOUT_S
-    while True:
-        status = {}
-        if (run_dir / "status.json").exists():
-            status = json.loads((run_dir / "status.json").read_text())
-        if status.get("state") in ("done", "failed", "cancelled") or time.monotonic() > deadline:
-            break
-        time.sleep(3)
+    status = wait_state(run_dir, ("done", "failed", "cancelled"), TRAIN_TIMEOUT_S)
     assert status.get("state") == "done", (status, (run_dir / "log.txt").read_text()[-3000:]
                                            if (run_dir / "log.txt").exists() else "no log")
     config = json.loads((run_dir / "config.json").read_text())
@@ -221,23 +249,37 @@ def _flow(pg, url: str, workspace: Path, tmp_path: Path) -> None:
     pg.get_by_label("Your name").fill("Dr E2E")
     pg.get_by_role("button", name="Start reviewing").click()
     idle(pg)
-    heading = pg.locator("h4").first.inner_text().strip()
+    first = heading(pg)
     majority_text = pg.get_by_text(re.compile(r"^Majority vote:")).first.inner_text()
     majority = majority_text.split(":", 1)[1].split("·")[0].strip()
     labels = pd.read_csv(run_dir / "labels.csv", keep_default_na=False)
-    row = labels[labels["image"].str.endswith("/" + heading) | (labels["image"] == heading)].iloc[0]
+    row = labels[labels["image"].str.endswith("/" + first) | (labels["image"] == first)].iloc[0]
     assert row["flag"] == 1 and row["majority"] == majority
     choice = next(c for c in reversed(CLASSES) if c != majority)
     shot(pg, "review", tmp_path)
     pg.get_by_role("button", name=re.compile(rf"^{re.escape(choice)}\s+\[\d\]$")).click()
     idle(pg)
     assert pg.get_by_text(re.compile(r"^1 of \d+ reviewed$")).count() == 1
-    second = pg.locator("h4").first.inner_text().strip()
-    assert second != heading  # moved on to the next flagged image
+    second = heading(pg)
+    assert second != first  # moved on to the next flagged image
     pg.locator("body").press("m")  # keyboard shortcut: keep the majority
     idle(pg)
     assert pg.get_by_text(re.compile(r"^2 of \d+ reviewed$")).count() == 1
-    third = pg.locator("h4").first.inner_text().strip()
+    third = heading(pg)
+
+    # (a) an earlier decision picked in the history shows that image, in this run of the page, without an error
+    pg.get_by_role("tab", name=re.compile(r"^Decision history")).click()
+    pick_row(pg, pg.locator('[data-testid="stDataFrame"]').last, 1)  # newest first: row 1 = the first decision
+    assert heading(pg) == first
+    assert pg.get_by_text("Current decision").count() == 1
+    # (b) a new filter lands on the first image of its list: the two reviewed ones, in queue order
+    pg.get_by_role("radio", name="reviewed", exact=True).click()
+    idle(pg)
+    assert heading(pg) == first
+    assert pg.get_by_text(re.compile(r"^1 of 2 in this list")).count() == 1
+    pg.get_by_role("radio", name="to review", exact=True).click()
+    idle(pg)
+    assert heading(pg) == third
     pg.locator("body").press("a")  # keyboard shortcut: accept the suggestion
     idle(pg)
     assert pg.get_by_text(re.compile(r"^3 of \d+ reviewed$")).count() == 1
@@ -288,6 +330,44 @@ def _flow(pg, url: str, workspace: Path, tmp_path: Path) -> None:
     assert re.search(r"verified images\s+0\s+3", table.inner_text())
     table.scroll_into_view_if_needed()
     shot(pg, "retrain", tmp_path)
+
+    # (d) predict two new images (a PNG and a DICOM) with the run's model, from the app
+    nav(pg, "Predict")
+    images = sorted((workspace / "datasets" / "demo" / "images").iterdir())
+    two = [next(p for p in images if p.suffix == ".png"), next(p for p in images if p.suffix == ".dcm")]
+    pg.locator('[data-testid="stFileUploaderDropzoneInput"]').first.set_input_files([str(p) for p in two])
+    idle(pg)
+    pg.get_by_role("button", name="Predict the uploaded images").click()
+    pg.get_by_text("Predicted 2 images.").wait_for(timeout=180_000)
+    idle(pg)
+    (request,) = list((workspace / "predictions").iterdir())
+    predictions = pd.read_csv(request / "predictions.csv", keep_default_na=False)
+    assert sorted(predictions["image"].str.split("/").str[-1]) == sorted(p.name for p in two)
+    assert set(predictions["predicted"]) <= set(CLASSES)
+    shot(pg, "predict", tmp_path)
+
+    # (c) a reload during a run comes back to that run (not to the finished one), which can then be cancelled
+    nav(pg, "3 · Train")
+    pg.get_by_text("New run").first.click()
+    pg.get_by_role("button", name="Launch training").wait_for(timeout=120_000)
+    for label, value in {**TINY_RUN, "Epochs": "40"}.items():
+        box = pg.get_by_label(label, exact=True)
+        box.fill(value)
+        box.press("Tab")
+    pg.get_by_role("button", name="Launch training").click()
+    idle(pg)
+    with sqlite3.connect(workspace / "review.db") as conn:
+        (second_run,) = [Path(r[0]) for r in conn.execute("SELECT run_dir FROM runs") if Path(r[0]) != run_dir]
+    assert wait_state(second_run, ("running",), 120).get("stage") in ("setup", "warmup", "main")
+    pg.reload()
+    pg.get_by_text(second_run.name).first.wait_for(timeout=60_000)
+    idle(pg)
+    title = pg.locator('[data-testid="stMarkdownContainer"]', has_text=f"{second_run.name} · mslg").first
+    assert "running" in title.inner_text()  # the panel's title: the running run, not the finished one
+    assert pg.locator('[data-testid="stMarkdownContainer"]', has_text=f"{run_dir.name} · mslg").count() == 0
+    pg.get_by_role("button", name="Cancel run").click()
+    assert wait_state(second_run, ("cancelled", "done", "failed"), 120).get("state") in ("cancelled", "done")
+    idle(pg)
 
     nav(pg, "Overview")
     shot(pg, "overview", tmp_path)

@@ -83,3 +83,24 @@ def test_verified_labels_become_the_run_labels_and_keep_roles():
     assert info == {"n_verified": 3, "by_role": {"meta": 0, "test": 0, "train": 2, "unlabeled": 1},
                     "changed_from_majority": 2}
     assert np.array_equal(verified_labels(reviewed.iloc[:0], IMAGES, CLASSES), [-1, -1, -1, -1])
+
+
+def test_verified_rows_train_on_the_reviewed_class_not_the_vote_shares():
+    """With vote-share targets (`--targets votes`), a verified image trains on a one-hot row of its reviewed class;
+    a verified role=unlabeled image (a held-back patient's) stays out of training."""
+    from engine.pipeline import PreparedData, _tensors
+
+    frame = pd.DataFrame({S.IMAGE: IMAGES, S.ROLE: ["train", "train", "train", "unlabeled"],
+                          "_major_idx": [0, 1, 2, 0]})
+    frame["_target_idx"] = np.where(frame[S.ROLE] == "unlabeled", -1, frame["_major_idx"])
+    votes = np.array([[0, 0, 1], [1, 2, 1], [2, 2, 2], [0, 0, 0]])
+    reviewed = pd.DataFrame({S.IMAGE: ["a.png", "d/e.png"], "label": ["plus", "plus"]})
+    frame["_verified"] = verified_labels(reviewed, frame[S.IMAGE], CLASSES)
+    apply_reviewed(frame, frame["_verified"].to_numpy())
+    data = PreparedData(CLASSES, frame, [], [], votes, True)
+    pixels = np.zeros((4, 8, 8, 3), np.uint8)
+    train, rows = _tensors(data, pixels, ("train", "unlabeled"), soft=True)
+    assert train.targets.tolist() == [2, 1, 2, -1]
+    assert train.soft[0].tolist() == [0.0, 0.0, 1.0]  # not the experts' 2-1 split (2/3, 1/3, 0)
+    assert train.soft[1].tolist() == pytest.approx([0.0, 2 / 3, 1 / 3])  # unverified: the vote shares
+    assert train.soft[3].tolist() == pytest.approx([1 / 3] * 3)  # unlabeled: no target, verified or not

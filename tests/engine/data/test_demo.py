@@ -123,3 +123,30 @@ def test_400_images_unanimity_balance_and_speed(tmp_path):
     for cls in CLASSES:
         assert truth.get(cls, 0) >= 0.10 and voted.get(cls, 0) >= 0.10, cls
     assert cpu < 60, f"generating 400 images took {cpu:.1f} s of CPU ({wall:.1f} s wall)"
+
+
+@pytest.mark.parametrize("n", [100, 200, 400])
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_default_split_gives_every_class_a_meta_and_test_share(tmp_path, n, seed):
+    """The default split (patient-grouped, stratified) of a demo holds every class in meta (>= 5 %) and test, and
+    `engine run`'s checks before training accept it (every class has a meta image, enough training images)."""
+    from engine.config import DataConfig, RunConfig, RuntimeConfig
+    from engine.data.aggregate import aggregate
+    from engine.data.split import make_split
+    from engine.data.votes import read_votes
+    from engine.pipeline import prepare_data
+
+    out = generate_demo(tmp_path / "d", n=n, seed=seed, size=32, n_aux=0)
+    table = read_votes(out, classes=list(CLASSES), check_images=False)
+    agg = aggregate(table)
+    roles = make_split(table, agg)
+    for role, share in (("meta", 0.05), ("test", 0.0)):
+        members = agg["majority"][roles == role]
+        counts = members.value_counts()
+        for cls in CLASSES:
+            assert counts.get(cls, 0) >= max(1, share * len(members)), (role, cls, counts.to_dict())
+    assert not [w for w in roles.attrs["warnings"] if w.startswith("class")], roles.attrs["warnings"]
+    cfg = RunConfig(data=DataConfig(dataset=str(out), classes=",".join(CLASSES)),
+                    runtime=RuntimeConfig(out=str(tmp_path / "run")))
+    data = prepare_data(cfg)  # raises InputError when `run` would refuse the roles
+    assert (data.frame["role"] == "meta").sum() == (roles == "meta").sum()

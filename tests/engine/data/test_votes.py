@@ -56,6 +56,8 @@ def test_warnings_single_grader_and_class_without_consensus(tmp_path, make_votes
     text = [w.message for w in t.warnings]
     assert any("1 image graded by one expert only (row 2)" in m for m in text)
     assert any("class 'plus' has no consensus image" in m for m in text)
+    # consensus means every grader agrees (as everywhere else), not "two experts agreeing", which a majority is
+    assert any("at least two experts who all agree" in m for m in text)
     assert not any("class 'normal' has no consensus" in m for m in text)
 
 

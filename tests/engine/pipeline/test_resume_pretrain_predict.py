@@ -13,8 +13,9 @@ from engine.data import schema as S
 from tests.engine.pipeline.tinydata import CLASSES, run_args
 
 
-@pytest.mark.parametrize("method", ["mslg", "metalabelnet"])
-def test_resume_after_interrupt_gives_identical_soft_labels(tiny_dataset, tmp_path, monkeypatch, method):
+@pytest.mark.parametrize(("method", "how"), [("mslg", "flags"), ("metalabelnet", "config.json")])
+def test_resume_after_interrupt_gives_identical_soft_labels(tiny_dataset, tmp_path, monkeypatch, method, how):
+    """Resumed with the same flags, or (as the app's Resume button does) with the run's own config.json."""
     full = tmp_path / "full"
     assert main(run_args(tiny_dataset, full, method, "--epochs", "4", "--warmup-epochs", "1")) == 0
 
@@ -36,7 +37,11 @@ def test_resume_after_interrupt_gives_identical_soft_labels(tiny_dataset, tmp_pa
     assert not (part / "labels.csv").exists()
     monkeypatch.setattr(atomic, "torch_save", real_save)
 
-    assert main(run_args(tiny_dataset, part, method, "--epochs", "4", "--warmup-epochs", "1", "--resume")) == 0
+    if how == "flags":
+        resume = run_args(tiny_dataset, part, method, "--epochs", "4", "--warmup-epochs", "1", "--resume")
+    else:
+        resume = ["run", "--config", str(part / "config.json"), "--resume"]
+    assert main(resume) == 0
     a = pd.read_csv(full / "labels.csv", keep_default_na=False)
     b = pd.read_csv(part / "labels.csv", keep_default_na=False)
     pd.testing.assert_frame_equal(a, b)
