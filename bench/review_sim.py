@@ -11,13 +11,15 @@ pipeline retrains with every review so far (`--reviewed`, warm-started `--from-r
   - `random`: a seeded random sample of the unreviewed training images;
   - `flag_score`: the latest run's queue order, P(majority wrong) (the order before this feature);
   - `active`: expected value of a review (engine/active.py), refreshed without retraining after every fifth of a
-    round (`engine.active.refresh`: the estimator re-run with the decisions so far).
+    round (`engine.active.refresh`: the estimator re-run with the decisions so far);
+and a `control` chain: the same warm retrains with no review at all, so that what retraining alone changes (the fold
+networks are re-selected on a few meta images) is not credited to the reviews ("Δ vs control", paired by seed).
 Measured after every round: label recovery = share of training images whose label in labels.csv (the argmax of
 p:<class>; verified images are one-hot on the reviewed label) is the truth; test accuracy of the run's model (metrics.json);
 the export's accuracy (reviewed label, else the experts' majority); the realised precision of the reviewed flagged
 images vs the predicted one (engine/flag_precision.py); wall time of each run (the retrain cost ratio).
 
-    .venv/bin/python -m bench.review_sim                 # 3 seeds, 4 rounds, ~20 min on 2 CPU cores
+    .venv/bin/python -m bench.review_sim                 # 3 seeds, 4 rounds, ~30 min on 2 CPU cores
     .venv/bin/python -m bench.review_sim --quick         # smoke test (CI): 1 seed, 2 rounds, tiny data
 """
 
@@ -37,6 +39,8 @@ import numpy as np
 HERE = Path(__file__).resolve().parent
 OUT = HERE / "out" / "review_sim"
 ORDERINGS = ("random", "flag_score", "active")
+CONTROL = "control"  # the same chain of warm retrains with no reviews: what retraining alone changes
+CHAINS = (CONTROL, *ORDERINGS)
 CLASSES = ("normal", "pre-plus", "plus")
 
 
@@ -142,6 +146,8 @@ def pick(ordering: str, run: Path, pool: list[str], budget: int, truth: dict, *,
 
     from engine.active import refresh
 
+    if ordering == CONTROL:
+        return []
     if ordering == "random":
         rng = np.random.default_rng([seed, 77, rnd])
         return [pool[i] for i in rng.permutation(len(pool))[:budget]]
@@ -242,27 +248,37 @@ def _ms(values) -> str:
 def summarise(rows: list[dict], setup: Setup, seeds: list[int]) -> dict:
     base = {r["seed"]: r for r in rows if r["round"] == 0}
     out = {}
-    for o in ORDERINGS:
+    at = {(r["ordering"], r["seed"], r["round"]): r for r in rows}
+    for o in CHAINS:
         for rnd in range(setup.rounds + 1):
             sel = [base[s] for s in seeds] if rnd == 0 else [r for r in rows if r["ordering"] == o and r["round"] == rnd]
+            ctrl = [base[r["seed"]] if rnd == 0 else at[(CONTROL, r["seed"], rnd)] for r in sel]
             out[(o, rnd)] = {
                 "recovery": [r["recovery"] for r in sel], "test_acc": [r["test_acc"] for r in sel],
                 "export_acc": [r["export_acc"] for r in sel],
                 "d_recovery": [r["recovery"] - base[r["seed"]]["recovery"] for r in sel],
                 "d_test": [r["test_acc"] - base[r["seed"]]["test_acc"] for r in sel],
+                # what the reviews did: minus the no-review retrain of the same seed and round (paired)
+                "r_recovery": [r["recovery"] - c["recovery"] for r, c in zip(sel, ctrl, strict=True)],
+                "r_test": [r["test_acc"] - c["test_acc"] for r, c in zip(sel, ctrl, strict=True)],
             }
     return out
 
 
 def markdown(rows: list[dict], setup: Setup, seeds: list[int]) -> str:
     s = summarise(rows, setup, seeds)
-    lines = ["| ordering | reviewed | label recovery % | Δ recovery (pts) | test accuracy % | Δ test (pts) | "
-             "export accuracy % |", "|---|---|---|---|---|---|---|"]
-    for o in ORDERINGS:
+    lines = ["| ordering | reviewed | label recovery % | Δ vs first run | Δ vs control | test accuracy % | "
+             "Δ vs first run | Δ vs control | export accuracy % |", "|---|---|---|---|---|---|---|---|---|"]
+    for o in CHAINS:
         for rnd in range(setup.rounds + 1):
             c = s[(o, rnd)]
-            lines.append(f"| {o} | {100 * rnd * setup.round_frac:.0f} % | {_ms(c['recovery'])} | {_ms(c['d_recovery'])} "
-                         f"| {_ms(c['test_acc'])} | {_ms(c['d_test'])} | {_ms(c['export_acc'])} |")
+            reviewed = 0 if o == CONTROL else rnd * setup.round_frac
+            lines.append(f"| {o} | {100 * reviewed:.0f} % | {_ms(c['recovery'])} | {_ms(c['d_recovery'])} | "
+                         f"{_ms(c['r_recovery'])} | {_ms(c['test_acc'])} | {_ms(c['d_test'])} | {_ms(c['r_test'])} | "
+                         f"{_ms(c['export_acc'])} |")
+    lines.append("")
+    lines.append("(Δ in points, paired by seed; \"vs control\": minus the no-review retrain of the same seed and round, "
+                 "i.e. what the reviews did beyond retraining.)")
     first = {r["seed"]: r for r in rows if r["round"] == 0}
     warm = [r for r in rows if r["round"] > 0]
     cpu = [w["cpu_s"] / first[w["seed"]]["cpu_s"] for w in warm]
@@ -274,12 +290,15 @@ def markdown(rows: list[dict], setup: Setup, seeds: list[int]) -> str:
                  f"CPU s, retrain {np.mean([w['cpu_s'] for w in warm]):.0f} CPU s on average; epochs "
                  f"{first[next(iter(first))]['epochs']} → {warm[0]['epochs']}.")
     k = min(2, setup.rounds)  # the issue's checkpoint: after 10 % of the training images
-    gain = {o: np.mean(s[(o, k)]["d_recovery"]) for o in ORDERINGS}
-    lines.append(f"After {100 * k * setup.round_frac:.0f} % reviewed: recovery gain active {100 * gain['active']:+.1f} "
-                 f"pts, flag_score {100 * gain['flag_score']:+.1f}, random {100 * gain['random']:+.1f} "
-                 f"(active / random = {gain['active'] / gain['random'] if gain['random'] else float('nan'):.1f}×); "
-                 f"test accuracy change active {100 * np.mean(s[('active', k)]['d_test']):+.1f} pts, random "
-                 f"{100 * np.mean(s[('random', k)]['d_test']):+.1f}.")
+    for key, what in (("d", "vs the first run"), ("r", "vs the no-review control")):
+        gain = {o: np.mean(s[(o, k)][f"{key}_recovery"]) for o in ORDERINGS}
+        test = {o: np.mean(s[(o, k)][f"{key}_test"]) for o in ORDERINGS}
+        ratio = gain["active"] / gain["random"] if gain["random"] > 0 else float("nan")
+        lines.append(f"After {100 * k * setup.round_frac:.0f} % reviewed, {what}: recovery active "
+                     f"{100 * gain['active']:+.1f} pts, flag_score {100 * gain['flag_score']:+.1f}, random "
+                     f"{100 * gain['random']:+.1f} (active / random = {ratio:.1f}×); test accuracy active "
+                     f"{100 * test['active']:+.1f}, flag_score {100 * test['flag_score']:+.1f}, random "
+                     f"{100 * test['random']:+.1f}.")
     prec = [r["precision"] for r in warm if r["precision"]["reviewed_flagged"]]
     if prec:
         lines.append("Flag precision on the reviewed flagged images (realised vs predicted, per ordering, all rounds): " +
@@ -307,11 +326,12 @@ def plot(rows: list[dict], setup: Setup, seeds: list[int], path: Path) -> None:
     fig, axes = plt.subplots(1, 2, figsize=(10, 4), dpi=110)
     for ax, key, title in ((axes[0], "recovery", "label recovery (training images)"),
                            (axes[1], "test_acc", "test accuracy (held-out, true labels)")):
-        for o, style in zip(ORDERINGS, ("o--", "s-.", "D-"), strict=True):
+        for o, style in zip(CHAINS, (":", "o--", "s-.", "D-"), strict=True):
             vals = [np.asarray(s[(o, r)][key], float) for r in range(setup.rounds + 1)]
             mean = np.array([100 * v.mean() for v in vals])
             err = np.array([100 * v.std(ddof=1) if len(v) > 1 else 0.0 for v in vals])
-            ax.errorbar(x, mean, yerr=err, fmt=style, capsize=3, label=o)
+            ax.errorbar(x, mean, yerr=err, fmt=style, capsize=3, label=o if o != CONTROL else "no reviews (control)",
+                        color="grey" if o == CONTROL else None)
         ax.set_xlabel("training images reviewed (%)")
         ax.set_ylabel("%")
         ax.set_title(title)
@@ -348,7 +368,7 @@ def main(argv=None) -> int:
     t0 = time.time()
     rows = list(_map(start, [(s, setup, root) for s in args.seeds], args.workers))
     print(f"first runs done in {time.time() - t0:.0f}s", file=sys.stderr, flush=True)
-    for chain_rows in _map(chain, [(s, o, setup, root) for s in args.seeds for o in ORDERINGS], args.workers):
+    for chain_rows in _map(chain, [(s, o, setup, root) for s in args.seeds for o in CHAINS], args.workers):
         rows += chain_rows
     wall = time.time() - t0
     env = environment("cpu")

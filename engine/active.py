@@ -27,7 +27,6 @@ known labels, which updates the posterior of every image (through the experts' c
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -36,6 +35,7 @@ import pandas as pd
 
 from engine import atomic
 from engine.data import schema as S
+from engine.rundir import RunDir
 
 ORDERINGS = ("value", "flag_score", "random")
 ORDERING_TEXT = {"value": "expected value of a review", "flag_score": "flag score (P(majority wrong))",
@@ -141,7 +141,7 @@ def refresh(run_dir: Path | str, decisions: dict[str, str] | None = None) -> Ref
     prior = pd.read_csv(prior_path, dtype={S.IMAGE: str}, keep_default_na=False).set_index(S.IMAGE)
     images = list(labels[S.IMAGE])
     q = prior.reindex(images)[[S.prior_col(c) for c in classes]].to_numpy(float)
-    metrics = _metrics(run_dir)
+    metrics = RunDir(run_dir).read_metrics()
     index = {c: k for k, c in enumerate(classes)}
     majority = np.array([index.get(m, -1) for m in labels[S.MAJORITY]])
     post_run = labels[S.prob_cols(classes)].apply(pd.to_numeric, errors="coerce").fillna(0.0).to_numpy()
@@ -162,11 +162,3 @@ def refresh(run_dir: Path | str, decisions: dict[str, str] | None = None) -> Ref
     ordinal = bool(metrics.get("ordinal", False))
     return Refreshed(images, est.posterior, has, np.where(has, 0.0, flag_scores(est.posterior, majority)),
                      review_value(est.posterior, majority, ordinal=ordinal, known=has))
-
-
-def _metrics(run_dir: Path) -> dict:
-    try:
-        data = json.loads((run_dir / "metrics.json").read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return {}
-    return data if isinstance(data, dict) else {}

@@ -7,21 +7,13 @@ changed = images whose estimated label (`suggested`) differs between the runs.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 from engine.data import schema as S
+from engine.rundir import RunDir
 
 MEASURES = ("meta accuracy", "test accuracy", "images flagged", "wrong majority labels expected", "verified images",
             "labels changed")
-
-
-def _metrics(run_dir: Path) -> dict:
-    try:
-        data = json.loads((Path(run_dir) / "metrics.json").read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return {}
-    return data if isinstance(data, dict) else {}
 
 
 def _n_verified(labels) -> int:
@@ -33,7 +25,7 @@ def before_after(old_dir: Path | str, new_dir: Path | str) -> list[dict]:
     before = None and after = the count over the images both runs have."""
     from engine.export import read_labels
 
-    old_m, new_m = _metrics(old_dir), _metrics(new_dir)
+    old_m, new_m = RunDir(old_dir).read_metrics(), RunDir(new_dir).read_metrics()
     old_l, _ = read_labels(Path(old_dir) / "labels.csv")
     new_l, _ = read_labels(Path(new_dir) / "labels.csv")
     before = old_l.set_index(S.IMAGE)[S.SUGGESTED]

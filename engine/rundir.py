@@ -75,6 +75,10 @@ class RunDir:
         missing or unreadable. The one reader of config.json: engine (resume, export) and app alike."""
         return self._read_json(CONFIG)
 
+    def read_metrics(self) -> dict:
+        """The run's metrics.json, or {} when it is missing or unreadable (a run that has not finished)."""
+        return self._read_json(METRICS) or {}
+
     def _read_json(self, name: str) -> dict | None:
         import json
 

@@ -11,13 +11,14 @@ Session slot: f"{key}_order" (the chosen ordering).
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import streamlit as st
+
+from app import jobs
 
 REFRESH_EVERY = 5
 LABELS = {"value": "Expected value", "flag_score": "Flag score", "random": "Random (audit)"}
@@ -40,10 +41,7 @@ def _from_labels(run: Path, labels: pd.DataFrame, classes: list[str]) -> dict[st
     from engine.active import review_value
     from engine.data.schema import META, VERIFIED, parse_bool, prob_cols
 
-    try:
-        ordinal = bool(json.loads((run / "metrics.json").read_text(encoding="utf-8")).get("ordinal", False))
-    except (OSError, ValueError):
-        ordinal = False
+    ordinal = bool(jobs.read_metrics(run).get("ordinal", False))
     index = {c: k for k, c in enumerate(classes)}
     post = labels[prob_cols(classes)].apply(pd.to_numeric, errors="coerce").fillna(0.0).to_numpy()
     majority = np.array([index.get(m, -1) for m in labels["majority"]])

@@ -16,7 +16,6 @@ def add_parser(p) -> None:
 def summary(run_dir, store=None) -> dict:
     """{"run", "method", "meta_acc", "test_acc", "n_flagged", "expected_wrong_majority", "flag_precision",
     "before_after" (None unless the run was warm-started from a run folder that still exists)}."""
-    import json
     from pathlib import Path
 
     import pandas as pd
@@ -24,13 +23,11 @@ def summary(run_dir, store=None) -> dict:
     from engine.compare import before_after
     from engine.export import open_store, read_labels
     from engine.flag_precision import flag_precision
+    from engine.rundir import RunDir
 
     run_dir = Path(run_dir)
     labels, _ = read_labels(run_dir / "labels.csv")
-    try:
-        metrics = json.loads((run_dir / "metrics.json").read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        metrics = {}
+    metrics = RunDir(run_dir).read_metrics()
     review_store, owned = open_store(run_dir, store)
     try:
         decisions = review_store.current_decisions(run_dir) if review_store is not None else pd.DataFrame(

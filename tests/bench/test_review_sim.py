@@ -33,6 +33,9 @@ def test_every_ordering_runs_its_rounds(quick):
         assert [r["round"] for r in mine] == list(range(1, setup.rounds + 1))
         assert [r["reviewed"] for r in mine] == [budget * k for k in range(1, setup.rounds + 1)]
         assert all(r["epochs"] == math.ceil(0.25 * setup.epochs) for r in mine)  # warm-started: a short schedule
+    control = [r for r in rows if r["ordering"] == review_sim.CONTROL]
+    assert sorted(r["round"] for r in control) == list(range(1, setup.rounds + 1))
+    assert all(r["reviewed"] == 0 for r in control)  # the same retrains without reviews
 
 
 def test_retrains_hold_the_reviewed_truth_and_orderings_differ(quick):
@@ -56,6 +59,7 @@ def test_retrains_hold_the_reviewed_truth_and_orderings_differ(quick):
 def test_table_and_plot(quick):
     out, _, table = quick
     assert table.startswith("Review simulation,") and "| ordering | reviewed | label recovery %" in table
-    assert "Retrain cost (`--from-run`)" in table and "active / random" in table
+    assert "Retrain cost (`--from-run`)" in table and "active / random" in table and "| control | 0 % |" in table
+    assert "vs the no-review control" in table
     png = (out / "review_sim.png").read_bytes()
     assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 10_000

@@ -16,6 +16,7 @@ from engine.data import schema as S
 from engine.export import export_labels
 from engine.safe_load import torch_load
 from engine.store import WorkspaceStore
+from engine.warmstart import WARM_EPOCH_FRACTION, WARM_LR_FACTOR
 from tests.engine.pipeline.tinydata import CLASSES, run_args
 
 pytestmark = pytest.mark.slow
@@ -70,8 +71,9 @@ def test_retrain_inherits_settings_and_shortens_the_schedule(loop):
     assert new["data"]["roles"] == str(loop["old"].resolve() / "roles.csv")
     assert (loop["new"] / "roles.csv").read_text() == (loop["old"] / "roles.csv").read_text()  # same meta/test sets
     s_old, s_new = old["schedule"], new["schedule"]
-    assert s_new["epochs"] == math.ceil(0.3 * s_old["epochs"]) and s_new["warmup_epochs"] == 0
-    assert s_new["lr"] == pytest.approx(0.3 * s_old["lr"]) and s_new["lr_schedule"] == "cosine"
+    assert s_new["epochs"] == math.ceil(WARM_EPOCH_FRACTION * s_old["epochs"]) and s_new["warmup_epochs"] == 0
+    assert s_new["lr"] == pytest.approx(WARM_LR_FACTOR * s_old["lr"]) and s_new["lr_schedule"] == "cosine"
+    assert new["warm_start"]["base_schedule"] == s_old  # a retrain of this retrain shortens the first schedule
 
 
 def test_folds_warm_start_on_the_same_images(loop):
