@@ -357,7 +357,8 @@ def _flow(pg, url: str, workspace: Path, tmp_path: Path) -> None:
     pg.get_by_role("button", name="Launch training").click()
     idle(pg)
     with sqlite3.connect(workspace / "review.db") as conn:
-        (second_run,) = [Path(r[0]) for r in conn.execute("SELECT run_dir FROM runs") if Path(r[0]) != run_dir]
+        (second_run,) = [Path(r[0]) for r in conn.execute("SELECT run_dir FROM runs")
+                         if Path(r[0]) not in (run_dir, new_dir)]  # new_dir: the retrain of step 6
     assert wait_state(second_run, ("running",), 120).get("stage") in ("setup", "warmup", "main")
     pg.reload()
     pg.get_by_text(second_run.name).first.wait_for(timeout=60_000)
