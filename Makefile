@@ -4,7 +4,7 @@
 SHELL := /bin/bash
 PY := .venv/bin/python
 DEMO := data/demo
-METHOD ?= mslg
+METHOD ?= meta-finetune
 DEMO_RUN := data/runs/demo-$(METHOD)
 # The app listens on this machine only (also pinned in app/.streamlit/config.toml, read from any folder).
 STREAMLIT := .venv/bin/streamlit run app/Home.py --server.address 127.0.0.1

@@ -46,6 +46,10 @@ class _Children:
         with self.lock:
             return self.procs.get(str(run_dir))
 
+    def running(self) -> int:
+        with self.lock:
+            return sum(p.poll() is None for p in self.procs.values())
+
 
 @st.cache_resource(show_spinner=False)
 def children() -> _Children:
@@ -62,9 +66,7 @@ def launch(*, dataset: Path, run_dir: Path, method: str, options: list[str], for
     run_dir = Path(run_dir).resolve()
     console = console_path(run_dir)
     cmd = engine_command(Path(dataset).resolve(), run_dir, options)
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(state.REPO_ROOT), env.get("PYTHONPATH", "")) if p)
-    env["PYTHONUNBUFFERED"] = "1"
+    env = job_environment(children().running())
     with open(console, "ab") as log_fh:  # the child keeps its own copy of the descriptor
         proc = subprocess.Popen(
             cmd,
@@ -82,6 +84,19 @@ def launch(*, dataset: Path, run_dir: Path, method: str, options: list[str], for
     )
     state.log.info("launched run %s (pid %s): %s", run_dir, proc.pid, " ".join(cmd))
     return proc.pid
+
+
+def job_environment(running: int) -> dict[str, str]:
+    """A training job's environment: the repository on PYTHONPATH, unbuffered output, and OMP_NUM_THREADS (the
+    engine's torch threads) = the CPUs this app may use (affinity mask, container quota) shared among the `running`
+    jobs and the new one, so parallel jobs do not oversubscribe the cores. OMP_NUM_THREADS set for the app wins."""
+    from engine.runtime import cpu_budget
+
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(state.REPO_ROOT), env.get("PYTHONPATH", "")) if p)
+    env["PYTHONUNBUFFERED"] = "1"
+    env.setdefault("OMP_NUM_THREADS", str(max(1, cpu_budget() // (running + 1))))
+    return env
 
 
 def can_resume(job: JobView) -> bool:

@@ -58,6 +58,7 @@ class Setup:
     fold_budget: float = 1.0
     targets: str = "votes"  # what cross-entropy trains on: the experts' vote shares, or the majority (engine option)
     dump: str = ""  # folder for each cell's estimator inputs (.npz), for offline study
+    experts: str = "correlated"  # the estimator's expert model (engine option estimate.experts)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -269,7 +270,7 @@ def model_row(probs: np.ndarray, maj: np.ndarray, truth: np.ndarray) -> dict:
 
 def pipeline_row(tr: Trainer, prior_train: np.ndarray, prior_meta: np.ndarray) -> tuple[dict, np.ndarray]:
     """The product's label estimate (engine.estimate + engine.flags, as `engine run` calls them) on training rows."""
-    from engine.estimate import estimate_labels, review_priority
+    from engine.estimate import label_estimate, review_priority
     from engine.flags import flag_images
 
     d = tr.data
@@ -278,7 +279,8 @@ def pipeline_row(tr: Trainer, prior_train: np.ndarray, prior_meta: np.ndarray) -
     maj = d.majority
     known = np.r_[np.full(n_train, -1), d.truth[d.meta]]
     prior = np.concatenate([prior_train, prior_meta])
-    est = estimate_labels(prior, d.votes[rows], known=known, calibration_rows=known >= 0)
+    est = label_estimate(prior, d.votes[rows], known=known, calibrate=True, calibration_rows=known >= 0,
+                         experts=tr.setup.experts)
     m = maj[rows]
     counts = np.stack([(d.votes[rows] == c).sum(1) for c in range(d.k)], 1)
     tie = (counts == counts.max(1, keepdims=True)).sum(1) > 1
@@ -512,6 +514,7 @@ def main(argv=None) -> int:
     p.add_argument("--recipe", default=Setup.recipe, choices=("scratch", "finetune"))
     p.add_argument("--fold-budget", type=float, default=Setup.fold_budget)
     p.add_argument("--dump", default="", help="save each cell's estimator inputs here (.npz)")
+    p.add_argument("--experts", default=Setup.experts, choices=("correlated", "independent", "none"))
     p.add_argument("--workers", type=int, default=min(2, os.cpu_count() or 1))
     p.add_argument("--quick", action="store_true", help="one small panel cell, 3 epochs: a smoke test of every row")
     p.add_argument("--json", default=None, help="write raw results here (default bench/out/label_bench_<date>.json)")
@@ -520,7 +523,7 @@ def main(argv=None) -> int:
     if a.quick:
         a.scenarios, a.seeds, a.n, a.epochs = ["panel-30"], [0], 600, 3
     setup = Setup(n=a.n, size=a.size, arch=a.arch, epochs=a.epochs, folds=a.folds, targets=a.targets, recipe=a.recipe,
-                  fold_budget=a.fold_budget, dump=a.dump)
+                  fold_budget=a.fold_budget, dump=a.dump, experts=a.experts)
     rows = tuple(a.rows) if a.rows else None
     jobs = [(c, s, setup, rows) for s in a.seeds for c in a.scenarios]
     t0 = time.time()

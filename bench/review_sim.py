@@ -36,6 +36,8 @@ from pathlib import Path
 
 import numpy as np
 
+from engine.config import RuntimeConfig
+
 HERE = Path(__file__).resolve().parent
 OUT = HERE / "out" / "review_sim"
 ORDERINGS = ("random", "flag_score", "active")
@@ -51,7 +53,7 @@ class Setup:
     rounds: int = 4  # review rounds after the first run
     round_frac: float = 0.05  # share of the training images reviewed per round
     batches: int = 5  # the active order is refreshed after each batch of a round
-    method: str = "ce"
+    method: str = RuntimeConfig.method  # what a user gets: the engine's default
     backbone: str = "test_resnet"
     epochs: int = 15  # the scratch recipe's
     warmup_epochs: int = 5
@@ -356,7 +358,7 @@ def main(argv=None) -> int:
     p.add_argument("--results", type=Path, default=None, help="write the table into this Markdown file")
     p.add_argument("--rounds", type=int, default=None)
     p.add_argument("--n", type=int, default=None, help="images per seed")
-    p.add_argument("--method", default=None)
+    p.add_argument("--method", default=None, help=f"label-noise method (default: the engine's, {Setup.method})")
     args = p.parse_args(argv)
     setup = QUICK if args.quick else Setup()
     if args.quick:

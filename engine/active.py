@@ -37,6 +37,8 @@ from engine import atomic
 from engine.data import schema as S
 from engine.rundir import RunDir
 
+# runs written before the estimator's expert modes were renamed said "confusion" for independent experts
+OLD_EXPERT_MODES = {"confusion": "independent"}
 ORDERINGS = ("value", "flag_score", "random")
 ORDERING_TEXT = {"value": "expected value of a review", "flag_score": "flag score (P(majority wrong))",
                  "random": "random (for audits)"}
@@ -130,7 +132,7 @@ def votes_matrix(votes: pd.Series, classes: list[str]) -> np.ndarray:
 def refresh(run_dir: Path | str, decisions: dict[str, str] | None = None) -> Refreshed | None:
     """Re-run the label estimate of a run with `decisions` ({image: class}) as known labels, besides the meta set and
     the run's verified images; None when the run has no prior.csv (written before this feature)."""
-    from engine.estimate import estimate_labels, flag_scores
+    from engine.estimate import flag_scores, label_estimate
     from engine.export import read_labels
 
     run_dir = Path(run_dir)
@@ -153,11 +155,13 @@ def refresh(run_dir: Path | str, decisions: dict[str, str] | None = None) -> Ref
     for i, img in enumerate(images):
         if decisions and img in decisions and decisions[img] in index:
             known[i] = index[decisions[img]]
-    experts = ((metrics.get("estimator") or {}).get("experts") or {}).get("mode", "confusion")
-    votes = votes_matrix(labels[S.VOTES], classes) if experts == "confusion" else np.full((len(images), 1), -1)
+    experts = ((metrics.get("estimator") or {}).get("experts") or {}).get("mode", "correlated")
+    experts = OLD_EXPERT_MODES.get(experts, experts)
     missing = np.isnan(q).any(1)
-    est = estimate_labels(np.where(missing[:, None], 1.0 / len(classes), q), votes, known=known, has_probs=~missing,
-                          temperature=1.0)
+    # prior.csv is already calibrated (T = 1 here); the run's own expert model, so the refresh agrees with its estimate
+    est = label_estimate(np.where(missing[:, None], 1.0 / len(classes), q), votes_matrix(labels[S.VOTES], classes),
+                         known=known, calibrate=False, calibration_rows=np.zeros(len(images), bool), experts=experts,
+                         has_probs=~missing)
     has = known >= 0
     ordinal = bool(metrics.get("ordinal", False))
     return Refreshed(images, est.posterior, has, np.where(has, 0.0, flag_scores(est.posterior, majority)),

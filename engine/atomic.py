@@ -7,7 +7,7 @@ import os
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 _UMASK = os.umask(0)
 os.umask(_UMASK)
@@ -26,6 +26,16 @@ def _atomic(path: Path | str, write: Callable[[Path], None]) -> Path:
         Path(tmp).unlink(missing_ok=True)
         raise
     return path
+
+
+def write_with(path: Path | str, write: Callable[[BinaryIO], None]) -> Path:
+    """Atomically write a file by streaming into it: `write(binary file handle)` (e.g. `np.save(fh, array)`)."""
+
+    def stream(tmp: Path) -> None:
+        with open(tmp, "wb") as fh:
+            write(fh)
+
+    return _atomic(path, stream)
 
 
 def write_bytes(path: Path | str, data: bytes) -> Path:

@@ -92,14 +92,17 @@ class EstimateConfig:
     fold_budget: float = _f(1.0, "training of all folds together, as a multiple of the main training's steps")
     calibration: str = _f("temperature", "calibrate the model probabilities on the meta set", choices=("temperature",
                                                                                                      "none"))
-    experts: str = _f("confusion", "weigh each expert by a confusion matrix learned from the data and the meta set "
-                      "(Dawid-Skene), or ignore the votes (model only)", choices=("confusion", "none"))
+    experts: str = _f("correlated", "how the votes enter: correlated (each image's vote pattern as one observation, "
+                      "so experts who err together on hard images are not counted twice), independent (a confusion "
+                      "matrix per expert, Dawid-Skene), none (model only)", choices=("correlated", "independent",
+                                                                                      "none"))
 
 
 @dataclass(frozen=True)
 class RuntimeConfig:
     out: str = _f("", "run folder to write (created)")
-    method: str = _f("mslg", "label-noise method (see `python -m engine methods`)")
+    method: str = _f("meta-finetune", "label-noise method (see `python -m engine methods`); the default won the "
+                     "label benchmark's expert-panel scenario (bench/RESULTS.md)")
     seed: int = _f(0, "random seed (split, init, shuffling)")
     device: str = _f("auto", "auto | cpu | cuda | mps")
     amp: bool = _f(True, "mixed precision on CUDA (ignored on CPU)")

@@ -131,7 +131,8 @@ def _posterior(log_prior: np.ndarray, onehot: np.ndarray, confusions: np.ndarray
 def estimate_labels(pred_probs: np.ndarray | None, votes: np.ndarray, *, known: np.ndarray | None = None,
                     has_probs: np.ndarray | None = None, temperature: float | None = None,
                     calibration_rows: np.ndarray | None = None, diag_prior: float = 2.0, off_prior: float = 1.0,
-                    pattern_strength: float | None = None, max_iter: int = 100, tol: float = 1e-6) -> Estimate:
+                    pattern_strength: float | None = None, init: str = "votes", max_iter: int = 100,
+                    tol: float = 1e-6) -> Estimate:
     """Posterior over the true class of every image from model probabilities, expert votes and known labels.
 
     pred_probs (N, K) out-of-sample probabilities or None (votes only: classic Dawid–Skene with a uniform prior);
@@ -167,9 +168,11 @@ def estimate_labels(pred_probs: np.ndarray | None, votes: np.ndarray, *, known: 
     prior = prior_now()
     log_prior = np.log(np.clip(prior, EPS, 1.0))
     onehot = _vote_onehot(votes, k)
-    # initialise with the vote shares times the prior (a soft majority vote that the image can tip)
-    shares = onehot.sum(1) + 1e-3
-    post = np.exp(log_softmax(log_prior + np.log(shares)))
+    if init == "prior" and has_probs.any():  # the first confusions measure the experts against the model's view
+        post = prior.copy()
+    else:  # the vote shares times the prior (a soft majority vote that the image can tip)
+        shares = onehot.sum(1) + 1e-3
+        post = np.exp(log_softmax(log_prior + np.log(shares)))
     post[known >= 0] = np.eye(k)[known[known >= 0]]
     iterations = 0
     while iterations < max_iter:
@@ -191,6 +194,33 @@ def estimate_labels(pred_probs: np.ndarray | None, votes: np.ndarray, *, known: 
             break
     conf = expert_confusions(post, onehot, diag_prior=diag_prior, off_prior=off_prior)
     return Estimate(post, prior, conf, float(temperature), iterations)
+
+
+EXPERT_MODES = ("correlated", "independent", "none")
+PATTERN_STRENGTH = 30.0  # pseudo-images per class pulling the vote-pattern likelihood toward independent experts
+
+
+def label_estimate(prior: np.ndarray, votes: np.ndarray, *, known: np.ndarray, calibrate: bool,
+                   calibration_rows: np.ndarray, experts: str = "correlated",
+                   has_probs: np.ndarray | None = None) -> Estimate:
+    """The product's estimate (what `engine run` and the benchmark both call).
+
+    prior (N, K) out-of-sample model probabilities; votes (N, E); known (N,) meta labels (-1 = unknown);
+    calibrate: fit the temperature on `calibration_rows` (else T = 1); experts: `correlated` scores each image's
+    vote pattern as one observation (`pattern_likelihood`; with a single expert it is the confusion matrix),
+    `independent` multiplies the experts' confusion matrices (classic Dawid–Skene), `none` ignores the votes;
+    has_probs (N,) bool: the rows whose prior is a real model probability (default: all; see `estimate_labels`).
+    EM starts from the vote shares times the prior (classic Dawid–Skene): starting from the model's view alone would
+    leave EM at "nothing is known" whenever the model is uninformative (its temperature then flattens it).
+    """
+    if experts not in EXPERT_MODES:
+        raise ValueError(f"experts must be one of {EXPERT_MODES}, got {experts!r}")
+    votes = np.asarray(votes, int)
+    if experts == "none" or votes.size == 0:
+        votes = np.full((len(prior), 1), -1)
+    strength = PATTERN_STRENGTH if experts == "correlated" and votes.shape[1] > 1 else None
+    return estimate_labels(prior, votes, known=known, has_probs=has_probs, temperature=None if calibrate else 1.0,
+                           calibration_rows=calibration_rows, pattern_strength=strength)
 
 
 # ---------------------------------------------------------------------------------------------------------------

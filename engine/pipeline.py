@@ -27,7 +27,8 @@ from engine.errors import InputError, Problem
 from engine.flags import flag_images
 from engine.methods import get_method
 from engine.progress import Progress, console, fmt_seconds
-from engine.train.context import NonFiniteLoss, TensorData, TrainContext, seed_everything
+from engine.runtime import resolve_device
+from engine.train.context import NonFiniteLoss, TensorData, TrainContext, seed_everything, uses_bf16
 from engine.train.loop import FitState, fit, restore_best
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -93,18 +94,6 @@ def _method_param_problems(cfg: RunConfig) -> list[Problem]:
     return out
 
 
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        if torch.cuda.is_available():
-            return torch.device("cuda")
-        if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
-            return torch.device("mps")
-        return torch.device("cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise InputError(Problem("--device", "CUDA was requested but no GPU is available", "use --device cpu or auto"))
-    return torch.device(name)
-
-
 # ---------------------------------------------------------------------------------------------------------------
 # data
 
@@ -121,15 +110,32 @@ class PreparedData:
     warnings: list
     votes: np.ndarray  # (N, E) class index per expert, -1 = not graded
     ordinal: bool  # the class order is a severity scale
+    cache: object = None  # the ImageCache that validated the images (it keeps what it decoded for load_pixels)
+
+
+def image_cache(cfg: RunConfig, **kw):
+    from engine.data.cache import ImageCache
+
+    return ImageCache(cfg.data.cache_dir or str(Path(cfg.data.dataset) / ".cache"), **kw)
 
 
 def prepare_data(cfg: RunConfig) -> PreparedData:
-    """Read votes.csv (every problem at once), aggregate votes, and decide roles (roles file or a new split)."""
+    """Read votes.csv (every problem at once), aggregate votes, and decide roles (roles file or a new split).
+
+    Images are validated through the decoded-image cache: a file whose content is cached decoded before and is
+    trusted; the others are decoded once, in a thread pool, and kept for `load_pixels`."""
     from engine.data.aggregate import aggregate
     from engine.data.split import make_split, read_roles
     from engine.data.votes import read_votes
+    from engine.runtime import thread_count
 
-    table = read_votes(cfg.data.dataset, classes=cfg.class_list(), check_images=True)
+    cache = image_cache(cfg, workers=thread_count())
+    try:  # paths first (nothing opened), so that the decoding of uncached images can run in parallel
+        cache.prefetch(read_votes(cfg.data.dataset, classes=cfg.class_list(), check_images=False).image_paths(),
+                       cfg.data.image_size)
+    except InputError:
+        pass  # the full read below reports every problem at once
+    table = read_votes(cfg.data.dataset, classes=cfg.class_list(), check_images=cache.verifier(cfg.data.image_size))
     if len(table.classes) < 2:  # `inspect` only warns; training on one class would "succeed" with nothing learned
         raise InputError(Problem(str(table.votes_file), f"only one class is used ({', '.join(table.classes)}); "
                                  "a classifier needs at least two classes",
@@ -147,7 +153,7 @@ def prepare_data(cfg: RunConfig) -> PreparedData:
     # consensus eye went to the meta set, so that nothing the experts said about a meta patient reaches training)
     frame["_target_idx"] = np.where(frame[S.ROLE] == S.UNLABELED, -1, frame["_major_idx"])
     data = PreparedData(list(table.classes), frame.reset_index(drop=True), table.image_paths(), list(table.warnings),
-                        table.votes_matrix(), is_ordinal(table.classes, cfg.data.ordinal))
+                        table.votes_matrix(), is_ordinal(table.classes, cfg.data.ordinal), cache)
     _check_roles(data, cfg)
     return data
 
@@ -181,15 +187,14 @@ def _check_roles(data: PreparedData, cfg: RunConfig) -> None:
 
 def load_pixels(data: PreparedData, cfg: RunConfig, log=print) -> np.ndarray:
     """All images (N, S, S, 3) uint8 through the decoded-image cache."""
-    from engine.data.cache import ImageCache
+    from engine.runtime import thread_count
 
-    cache_dir = cfg.data.cache_dir or str(Path(cfg.data.dataset) / ".cache")
-    cache = ImageCache(cache_dir)
+    cache = data.cache or image_cache(cfg, workers=thread_count())
     t0 = time.time()
     log(f"loading {len(data.paths)} images at {cfg.data.image_size}px (decoded once, then read from the cache)")
     pixels = cache.load_many(data.paths, cfg.data.image_size)
     log(f"loaded {len(pixels)} images at {cfg.data.image_size}px in {time.time() - t0:.1f}s "
-        f"({cache.decode_count} decoded, the rest from the cache {cache_dir})")
+        f"({cache.decode_count} decoded, the rest from the cache {cache.folder})")
     return pixels
 
 
@@ -198,14 +203,17 @@ def load_pixels(data: PreparedData, cfg: RunConfig, log=print) -> np.ndarray:
 
 
 def versions() -> dict:
-    import timm
+    """Versions of the engine, Python, the platform and the packages a run depends on (from the installed
+    distributions' metadata: nothing is imported for it)."""
+    from importlib import metadata
 
     out = {"engine": engine.__version__, "python": platform.python_version(), "torch": torch.__version__,
-           "timm": timm.__version__, "platform": platform.platform()}
-    for mod in ("numpy", "pandas", "sklearn", "pydicom"):
+           "platform": platform.platform()}
+    for key, dist in (("timm", "timm"), ("numpy", "numpy"), ("pandas", "pandas"), ("sklearn", "scikit-learn"),
+                      ("pydicom", "pydicom")):
         try:
-            out[mod] = __import__(mod).__version__
-        except Exception:  # pragma: no cover - optional
+            out[key] = metadata.version(dist)
+        except metadata.PackageNotFoundError:  # pragma: no cover - optional
             pass
     return out
 
@@ -257,6 +265,7 @@ def run(cfg: RunConfig) -> Path:
     data = prepare_data(cfg)
     reviewed, review_info = load_for_run(cfg.review.reviewed, data.frame, data.classes)  # --reviewed: verified labels
     device = resolve_device(cfg.runtime.device)
+    _check_precision(cfg, device)
     model = _create_model(cfg, len(data.classes))  # checks backbone and weights before anything is written
     _check_image_size(model, cfg)
     if cfg.review.from_run and not cfg.runtime.resume:
@@ -338,6 +347,17 @@ def _create_model(cfg: RunConfig, num_classes: int, *, stream: int = 0):
     return create_model(cfg.model.backbone, num_classes, weights=cfg.model.weights, pretrained=cfg.model.pretrained)
 
 
+def _check_precision(cfg: RunConfig, device: torch.device) -> None:
+    """Look-ahead options that cannot work at this run's precision (the finite-difference JVP under bf16) are
+    refused before anything is written (the method refuses them too when it is built)."""
+    from engine.methods.soft_label_step import check_lookahead
+
+    p = cfg.method_params
+    if "lookahead" in p and "meta_jvp" in p:
+        check_lookahead(cfg.runtime.method, p["lookahead"], p["meta_jvp"],
+                        mixed_precision=uses_bf16(device, amp=cfg.runtime.amp))
+
+
 def _check_image_size(model, cfg: RunConfig) -> None:
     from engine.models import min_input_size
 
@@ -350,12 +370,12 @@ def _check_image_size(model, cfg: RunConfig) -> None:
 def _pretrain(cfg: RunConfig, rd: R.RunDir, device: torch.device, num_classes: int):
     """DR pretraining: train the backbone on the auxiliary dataset, save it, then put a fresh task head on it."""
     from engine.data.aux import load_aux
-    from engine.data.cache import ImageCache
     from engine.models import load_weights, normalisation
+    from engine.runtime import thread_count
 
     paths, labels, aux_classes = load_aux(cfg.pretrain.pretrain)
     rd.log(f"DR pretraining on {cfg.pretrain.pretrain}: {len(paths)} images, classes {aux_classes}")
-    pixels = ImageCache(cfg.data.cache_dir or str(Path(cfg.data.dataset) / ".cache")).load_many(paths, cfg.data.image_size)
+    pixels = image_cache(cfg, workers=thread_count()).load_many(paths, cfg.data.image_size)
     aux_model = _create_model(cfg, len(aux_classes), stream=1)
     mean, std = normalisation(aux_model)
     data = TensorData(pixels, labels)
@@ -373,7 +393,7 @@ def _pretrain(cfg: RunConfig, rd: R.RunDir, device: torch.device, num_classes: i
         rd.progress({"stage": "pretrain", "epoch": epoch, "step": steps - 1, "steps": steps, **stats,
                      "of": cfg.pretrain.pretrain_epochs, "event": "epoch_end"})
         rd.log(f"pretrain epoch {epoch + 1}/{cfg.pretrain.pretrain_epochs} loss {stats['loss']:.4f} "
-               f"aux train acc {ctx.accuracy(data):.3f}")
+               f"aux train acc {ctx.accuracy(ctx.train):.3f}")
     atomic.torch_save(rd.path(R.PRETRAIN), {"backbone": cfg.model.backbone, "classes": aux_classes,
                                             "state_dict": {k: v.cpu() for k, v in aux_model.state_dict().items()}})
     model = _create_model(cfg, num_classes, stream=2)
@@ -464,7 +484,7 @@ def _estimate(cfg: RunConfig, rd: R.RunDir, data: PreparedData, result: dict, pi
     """The label-estimation stage: out-of-sample probabilities (cross-fitting with the run's method), calibrated on
     the meta set, combined with every expert's votes through their confusion matrices -> posterior (N, K)."""
     from engine.crossfit import crossfit, fold_schedule
-    from engine.estimate import estimate_labels, review_priority
+    from engine.estimate import label_estimate, review_priority
 
     ctx, state, model = result["ctx"], result["state"], result["model"]
     train_rows, meta_rows, test_rows = result["rows"]
@@ -531,13 +551,12 @@ def _estimate(cfg: RunConfig, rd: R.RunDir, data: PreparedData, result: dict, pi
     verified = f["_verified"].to_numpy() if "_verified" in f else np.full(n, -1)
     known[verified >= 0] = verified[verified >= 0]  # reviewed labels are held fixed and anchor the confusions
     calibrate = est.calibration == "temperature" and est.folds >= 2  # meta probabilities are out-of-sample
-    votes = data.votes if est.experts == "confusion" and data.votes.size else np.full((n, 1), -1)
-    e = estimate_labels(prior, votes, known=known, temperature=None if calibrate else 1.0,
-                        calibration_rows=np.isin(np.arange(n), meta_rows))
+    e = label_estimate(prior, data.votes, known=known, calibrate=calibrate,
+                       calibration_rows=np.isin(np.arange(n), meta_rows), experts=est.experts)
     info.update(temperature=e.temperature, calibrated=calibrate, em_iterations=e.iterations,
                 experts={"mode": est.experts, "confusions": {name: np.round(e.confusions[j], 4).tolist()
                                                              for j, name in enumerate(_expert_names(cfg, data))}
-                         if est.experts == "confusion" else {}})
+                         if est.experts != "none" else {}})
     return {"posterior": e.posterior, "method_probs": method_probs, "prior": e.prior, "verified": verified >= 0,
             "priority": review_priority(e.posterior, major, ordinal=data.ordinal), "known": known >= 0, "info": info}
 

@@ -54,30 +54,40 @@ def collect_images(items: list[str | Path]) -> list[Path]:
     return out
 
 
-@torch.no_grad()
-def predict_images(run: str | Path, images: list[str | Path], *, batch_size: int = 32,
-                   device: str = "cpu") -> pd.DataFrame:
-    """DataFrame[image, p:<class>..., predicted, confidence]; unreadable images are reported all at once."""
-    from engine.data.images import ImageReadError, load_rgb, resize_center_crop
+def predict_images(run: str | Path, images: list[str | Path], *, batch_size: int = 64, device: str = "auto",
+                   workers: int | None = None) -> pd.DataFrame:
+    """DataFrame[image, p:<class>..., predicted, confidence]; unreadable images are reported all at once.
+
+    `device`: auto | cpu | cuda | mps (`engine.runtime.resolve_device`). Images are decoded by `workers` threads
+    (default: `engine.runtime.thread_count()`; Pillow and pydicom release the GIL while decoding) one chunk ahead of
+    the batched forward passes, which run in `torch.inference_mode`.
+    """
+    from concurrent.futures import ThreadPoolExecutor
+
+    from engine.runtime import resolve_device, thread_count
 
     model, meta = load_model(run)
-    model.to(device)
+    dev = resolve_device(device)
+    model.to(dev)
+    if dev.type == "cuda":
+        model.to(memory_format=torch.channels_last)
     paths = collect_images(images)
     size, classes = int(meta["image_size"]), list(meta["classes"])
-    pixels, problems = [], []
-    for p in paths:
-        try:
-            pixels.append(resize_center_crop(load_rgb(p), size))
-        except ImageReadError as exc:
-            problems.append(Problem(str(p), exc.reason, "fix or remove the file"))
+    mean = torch.tensor(meta["mean"], device=dev).view(1, -1, 1, 1)
+    std = torch.tensor(meta["std"], device=dev).view(1, -1, 1, 1)
+    probs, problems = [], []
+    with ThreadPoolExecutor(max_workers=workers or thread_count()) as pool:
+        for chunk, decoded in _decoded_chunks(paths, size, batch_size * 4, pool):
+            pixels = []
+            for p, (img, reason) in zip(chunk, decoded, strict=True):
+                if reason:
+                    problems.append(Problem(str(p), reason, "fix or remove the file"))
+                else:
+                    pixels.append(img)
+            if not problems:  # after a bad file: keep decoding to report every one, skip the forward passes
+                probs += _forward(model, np.stack(pixels), mean, std, batch_size)
     if problems:
         raise InputError(problems)
-    mean = torch.tensor(meta["mean"]).view(1, -1, 1, 1)
-    std = torch.tensor(meta["std"]).view(1, -1, 1, 1)
-    probs = []
-    for start in range(0, len(pixels), batch_size):
-        x = torch.from_numpy(np.stack(pixels[start:start + batch_size])).permute(0, 3, 1, 2).float() / 255.0
-        probs.append(torch.softmax(model(((x - mean) / std).to(device)).float(), 1).cpu())
     p = torch.cat(probs).numpy()
     frame = pd.DataFrame({S.IMAGE: [str(x) for x in paths]})
     for k, c in enumerate(classes):
@@ -85,3 +95,36 @@ def predict_images(run: str | Path, images: list[str | Path], *, batch_size: int
     frame[S.PREDICTED] = [classes[k] for k in p.argmax(1)]
     frame[S.CONFIDENCE] = p.max(1)
     return frame[S.predict_columns(classes)]
+
+
+def _decoded_chunks(paths: list[Path], size: int, chunk: int, pool):
+    """(paths, [(image, reason)...]) per chunk of `chunk` files; the next chunk decodes while this one is used."""
+    futures = [pool.submit(_decode, p, size) for p in paths[:chunk]]
+    for start in range(0, len(paths), chunk):
+        following = [pool.submit(_decode, p, size) for p in paths[start + chunk:start + 2 * chunk]]
+        yield paths[start:start + chunk], [f.result() for f in futures]
+        futures = following
+
+
+def _decode(path: Path, size: int) -> tuple[np.ndarray | None, str | None]:
+    """(resized image (size, size, 3) uint8, None) or (None, why it cannot be read)."""
+    from engine.data.images import ImageReadError, load_rgb, resize_center_crop
+
+    try:
+        return resize_center_crop(load_rgb(path), size), None
+    except ImageReadError as exc:
+        return None, exc.reason
+
+
+@torch.inference_mode()
+def _forward(model, pixels: np.ndarray, mean, std, batch_size: int) -> list[torch.Tensor]:
+    """Softmax probabilities (on the CPU) of uint8 images (N, S, S, 3), normalised on the model's device."""
+    dev = mean.device
+    out = []
+    for start in range(0, len(pixels), batch_size):
+        x = torch.from_numpy(pixels[start:start + batch_size]).to(dev, non_blocking=True).permute(0, 3, 1, 2)
+        x = (x.float().div_(255.0) - mean) / std
+        if dev.type == "cuda":
+            x = x.contiguous(memory_format=torch.channels_last)
+        out.append(torch.softmax(model(x).float(), 1).cpu())
+    return out

@@ -148,12 +148,16 @@ def train_form(*, key: str, methods: list[dict], defaults: dict | None = None) -
     """
     defaults = defaults or {}
     names = [m["name"] for m in methods]
-    preferred = "mslg" if "mslg" in names else names[0]
+    from engine.config import RuntimeConfig
+
+    default = RuntimeConfig().method  # the engine's default: what won the label benchmark's panel scenario
+    preferred = default if default in names else names[0]
     by_name = {m["name"]: m for m in methods}
     col_m, col_s = st.columns([1, 2], vertical_alignment="bottom")
     with col_m:
         method = st.selectbox("Method", names, index=names.index(preferred), key=f"{key}_method",
-                              help="label-noise method; mslg = the ROP study's meta soft-label generation")
+                              help=f"label-noise method; {default} is the default (it won the label benchmark's "
+                                   "expert-panel scenario); mslg = the ROP study's meta soft-label generation")
     with col_s:
         st.caption(by_name[method].get("summary") or "")
 

@@ -74,8 +74,10 @@ def _interrupt_on_sigterm() -> None:
 
 def run(args) -> int:
     from engine.pipeline import run as run_pipeline
+    from engine.runtime import configure_threads
 
     _interrupt_on_sigterm()
+    configure_threads()
     cfg = config_from_args(args)
     out = run_pipeline(cfg)
     print(f"done: {out}/labels.csv, metrics.json, model.pt")

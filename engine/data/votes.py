@@ -14,7 +14,7 @@ import io
 import os
 import posixpath
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -278,13 +278,15 @@ def default_class_order(values) -> list[str]:
 
 
 def read_votes(
-    dataset: Path | str, *, classes: str | Sequence[str] | None = None, check_images: bool = True
+    dataset: Path | str, *, classes: str | Sequence[str] | None = None,
+    check_images: bool | Callable[[Path], str | None] = True,
 ) -> VoteTable:
     """Read DATASET/votes.csv into a VoteTable; raise one InputError listing every problem found.
 
     `classes` fixes the class order (ties resolve toward the later class); default: a known severity scale
     (`KNOWN_SCALES`, e.g. normal, pre-plus, plus) when the values fit one, else sorted values seen.
-    `check_images=False` skips opening image files (paths are still refused when they leave the folder).
+    `check_images=False` skips opening image files (paths are still refused when they leave the folder); a callable
+    `verify(path) -> None | reason` replaces `engine.data.images.verify` (the pipeline's trusts cached images).
     """
     root = Path(dataset)
     vfile = root / VOTES_FILE
@@ -366,8 +368,8 @@ def read_votes(
         )
 
     # ---- rows ---------------------------------------------------------------------------------------------
-    verify = None
-    if check_images:
+    verify = check_images if callable(check_images) else None
+    if check_images is True:
         from engine.data.images import verify  # lazy: pulls in Pillow / pydicom
 
     width = len(header)

@@ -18,10 +18,16 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from engine.methods.base import Method, param, register
-from engine.methods.soft_label_step import LookaheadCheck, meta_jvp_param, real_update_param, soft_label_meta_step
+from engine.methods.base import param, register
+from engine.methods.soft_label_step import (
+    LookaheadCheck,
+    SoftLabelMethod,
+    lookahead_param,
+    meta_jvp_param,
+    real_update_param,
+    soft_label_meta_step,
+)
 from engine.models import features
-from engine.train.context import check_finite
 from engine.train.steps import EpochMeter
 
 
@@ -32,12 +38,13 @@ class MetaLabelNetConfig:
     beta: float = param(1e-3, "Adam learning rate of the label network (paper: tuned per dataset; 1e-3 default)")
     slp_weight_decay: float = param(1e-4, "Adam weight decay of the label network")
     entropy_weight: float = param(1.0, "weight of the entropy loss in the real update (paper: 1)")
+    lookahead: str = lookahead_param()
     meta_jvp: str = meta_jvp_param()
     real_update: str = real_update_param()
 
 
 @register
-class MetaLabelNet(Method):
+class MetaLabelNet(SoftLabelMethod):
     name = "metalabelnet"
     summary = "MetaLabelNet: a meta-learned perceptron on frozen features generates soft labels; uses unlabeled rows"
     config_cls = MetaLabelNetConfig
@@ -82,16 +89,16 @@ class MetaLabelNet(Method):
             fb = self._batch_feats(b)
             surrogate, info, finish = soft_label_meta_step(
                 ctx, b, next(meta), lambda fb=fb: torch.log_softmax(self.slp(fb), 1), check=self.check,
-                entropy_weight=cfg.entropy_weight, meta_jvp=cfg.meta_jvp, real_update=cfg.real_update)
+                entropy_weight=cfg.entropy_weight, meta_jvp=cfg.meta_jvp, real_update=cfg.real_update,
+                lookahead=cfg.lookahead)
             self.opt.zero_grad(set_to_none=True)
             surrogate.backward()
             self.opt.step()
             with torch.no_grad():
                 new_label_logp = torch.log_softmax(self.slp(fb), 1)
-            check_finite(new_label_logp, "main", epoch, step, "label network output")
             loss = finish(new_label_logp)
-            check_finite(loss, "main", epoch, step)
-            meter.step(step, loss=loss, meta_loss=info["meta_loss"])
+            meter.step(step, finite={"label network output": new_label_logp, "loss": loss}, loss=loss,
+                       meta_loss=info["meta_loss"])
         return {**meter.means(), **self.check.epoch_stats(backoffs, "--metalabelnet-alpha")}
 
     @torch.no_grad()

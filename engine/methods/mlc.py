@@ -37,13 +37,21 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.func import functional_call
 
 from engine.errors import InputError, Problem
-from engine.losses import soft_cross_entropy, upcast
-from engine.meta import frozen_norm_stats, lookahead_surrogate, trainable
+from engine.losses import soft_cross_entropy
+from engine.meta import (
+    LOOKAHEADS,
+    features_and_logits,
+    first_order_gradient,
+    forward_with_jvp,
+    lookahead_surrogate,
+    meta_gradient,
+    surrogate,
+    trainable,
+)
 from engine.methods.base import Method, param, register
-from engine.train.context import check_finite
+from engine.methods.soft_label_step import lookahead_param
 from engine.train.steps import EpochMeter
 
 LCN_INIT_STEPS = 200  # full-batch Adam steps fitting the LCN to the warm-up predictions (lcn_init=warmup)
@@ -62,6 +70,7 @@ class MLCConfig:
     hidden_dim: int = param(64, "hidden size of the LCN's tanh MLP (paper: 64 for images, 768 for text)")
     lcn_init: str = param("warmup", "warmup = fit the LCN to the warm-up model's predictions first; random = the "
                                  "paper's Xavier initialisation")
+    lookahead: str = lookahead_param()
 
 
 class LabelCorrectionNet(nn.Module):
@@ -87,12 +96,6 @@ class LabelCorrectionNet(nn.Module):
 
     def forward(self, h: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         return torch.softmax(self.logits(h, y), dim=1)
-
-
-def features_and_logits(model: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """One forward pass -> (pre-logit features (B, F), logits (B, K)) of a timm-style model."""
-    fmap = model.forward_features(x)
-    return model.forward_head(fmap, pre_logits=True), model.forward_head(fmap)
 
 
 def sgd_step_fn(optimizer: torch.optim.SGD) -> Callable[[dict, dict], dict]:
@@ -131,60 +134,73 @@ def optimizer_lr(optimizer: torch.optim.Optimizer) -> float:
     return float(optimizer.param_groups[0]["lr"])
 
 
-def _meta_grads(model: nn.Module, params: dict[str, torch.Tensor], meta_x, meta_y, autocast) -> list[torch.Tensor]:
-    """∇ CE(f(meta_x; params), meta_y) w.r.t. `params`, in train mode without touching BatchNorm running stats."""
-    params = {n: p.detach().requires_grad_() for n, p in params.items()}
-    with autocast(), frozen_norm_stats(model):
-        out = functional_call(model, params, (meta_x,), strict=False)
-    return list(torch.autograd.grad(F.cross_entropy(upcast(out), meta_y), list(params.values())))
-
-
 def _dot(a: list[torch.Tensor], b: list[torch.Tensor]) -> float:
     """⟨a, b⟩ over lists of tensors, in their own dtype (no float64: MPS has none), with one host sync."""
     return float(torch.stack([(x * y).sum() for x, y in zip(a, b, strict=True)]).sum())
 
 
 def mlc_meta_gradient(model: nn.Module, lcn: LabelCorrectionNet, optimizer: torch.optim.SGD, *, x, y, clean_x, clean_y,
-                      meta_x, meta_y, autocast=None, prev: list[torch.Tensor] | None = None):
+                      meta_x, meta_y, autocast=None, prev: list[torch.Tensor] | None = None, lookahead: str = "full"):
     """One MLC step's meta-gradient for the LCN, and the training gradient for the real update.
 
     x, y: (B, C, H, W), (B,) noisy batch and its majority labels; clean_x, clean_y: (Bc, C, H, W), (Bc,) the half of
     the clean batch added to training (Bc may be 0); meta_x, meta_y: (M, C, H, W), (M,) the half that scores the
-    look-ahead. The look-ahead is the optimiser's own update (`sgd_step_fn`), at its current learning rate η.
-    prev: the accumulated LCN gradient G_{t−1} of this k-window (None at a window start, and always when k = 1).
+    look-ahead. The look-ahead is the optimiser's own update (`sgd_step_fn`), at its current learning rate η;
+    `lookahead="full"` takes the meta gradient at that θ', `"first-order"` at θ (`engine.meta`; MLC's η is the base
+    learning rate, so θ' is close to θ). prev: the accumulated LCN gradient G_{t−1} of this k-window (None at a
+    window start, and always when k = 1).
 
     Returns (lcn_grads: one tensor per `lcn.parameters()` — G_t, train_grads: {name: ∇θ L_train} for the trainable
-    model parameters, info: {"loss": L_train tensor, "meta_loss": float, "gamma": float}).
+    model parameters, info: {"loss": L_train, "meta_loss": L_meta at θ' (full) or θ (first-order), 0-dim tensors;
+    "gamma": float}).
     """
     autocast = autocast or contextlib.nullcontext
     lr = optimizer_lr(optimizer)
-    g_before = _meta_grads(model, trainable(model), meta_x, meta_y, autocast) if prev is not None else None
+    params = trainable(model)
+    first_order = lookahead == "first-order"
+    g_before = None
+    if first_order:  # g at θ, and the training forward carries u = J g
+        g_before, meta_loss = first_order_gradient(model, meta_x, meta_y, autocast)
+    elif prev is not None:
+        g_before = meta_gradient(model, params, meta_x, meta_y, autocast)[0]
     xx = torch.cat([x, clean_x]) if len(clean_x) else x
-    with autocast():
-        h, logits = features_and_logits(model, xx)
+    if first_order:
+        h, logits, u = forward_with_jvp(model, xx, g_before, autocast=autocast, with_features=True)
+    else:
+        with autocast():
+            h, logits = features_and_logits(model, xx)
     dtype = next(lcn.parameters()).dtype
     corrected = lcn(h[: len(x)].detach().to(dtype), y)  # stop-gradient features (paper: "stop-gradient operators")
     targets = torch.cat([corrected, F.one_hot(clean_y, corrected.shape[1]).to(dtype)])
-    captured = {}
-    base_step = sgd_step_fn(optimizer)
+    step = sgd_step_fn(optimizer)
+    if first_order:
+        loss = soft_cross_entropy(logits, targets.detach())
+        train_grads = dict(zip(params, torch.autograd.grad(loss, list(params.values()), retain_graph=True), strict=True))
+        meta_surrogate = surrogate(logits, targets, soft_cross_entropy, u, lr)
+        new = step(params, train_grads) if prev is not None else None
+    else:
+        captured = {}
 
-    def step_fn(params, grads):
-        captured["grads"], captured["new"] = grads, base_step(params, grads)
-        return captured["new"]
+        def step_fn(p, g):
+            captured["grads"], captured["new"] = g, step(p, g)
+            return captured["new"]
 
-    surrogate, info = lookahead_surrogate(model, x=xx, logits=logits, targets=targets, loss_fn=soft_cross_entropy,
-                                          meta_x=meta_x, meta_y=meta_y, lr=lr, step_fn=step_fn, autocast=autocast)
-    params = list(lcn.parameters())
-    grads = torch.autograd.grad(surrogate, params, allow_unused=True)
-    grads = [torch.zeros_like(p) if g is None else g for p, g in zip(params, grads, strict=True)]
+        meta_surrogate, info = lookahead_surrogate(model, x=xx, logits=logits, targets=targets,
+                                                   loss_fn=soft_cross_entropy, meta_x=meta_x, meta_y=meta_y, lr=lr,
+                                                   step_fn=step_fn, autocast=autocast)
+        train_grads, new, meta_loss = captured["grads"], captured["new"], info["meta_loss"]
+    lcn_params = list(lcn.parameters())
+    grads = torch.autograd.grad(meta_surrogate, lcn_params, allow_unused=True)
+    grads = [torch.zeros_like(p) if g is None else g for p, g in zip(lcn_params, grads, strict=True)]
     gamma = 0.0
     if prev is not None:
-        g_after = _meta_grads(model, captured["new"], meta_x, meta_y, autocast)
-        norm2 = _dot(g_before, g_before)
-        gamma = (1.0 - lr) * _dot(g_after, g_before) / norm2 if norm2 > 0 else 0.0
+        before = [g_before[n] for n in params]
+        after = list(meta_gradient(model, new, meta_x, meta_y, autocast)[0].values())
+        norm2 = _dot(before, before)
+        gamma = (1.0 - lr) * _dot(after, before) / norm2 if norm2 > 0 else 0.0
         grads = [g + gamma * p for g, p in zip(grads, prev, strict=True)]
     loss = soft_cross_entropy(logits.detach(), targets.detach())
-    return grads, captured["grads"], {"loss": loss, "meta_loss": info["meta_loss"], "gamma": gamma}
+    return grads, train_grads, {"loss": loss, "meta_loss": meta_loss, "gamma": gamma}
 
 
 def split_clean(x: torch.Tensor, y: torch.Tensor):
@@ -216,6 +232,8 @@ class MLC(Method):
             problems.append(Problem(where, f"label_dim and hidden_dim must be >= 1, got {cfg.label_dim}, {cfg.hidden_dim}"))
         if cfg.lcn_init not in ("warmup", "random"):
             problems.append(Problem(where, f"lcn_init must be 'warmup' or 'random', got '{cfg.lcn_init}'"))
+        if cfg.lookahead not in LOOKAHEADS:
+            problems.append(Problem(where, f"lookahead must be one of {', '.join(LOOKAHEADS)}, got '{cfg.lookahead}'"))
         if problems:
             raise InputError(problems)
 
@@ -278,10 +296,8 @@ class MLC(Method):
             meta_x, meta_y, clean_x, clean_y = split_clean(mb.x, mb.y)
             lcn_grads, train_grads, info = mlc_meta_gradient(
                 model, self.lcn, ctx.optimizer, x=b.x, y=b.y, clean_x=clean_x, clean_y=clean_y, meta_x=meta_x,
-                meta_y=meta_y, autocast=ctx.autocast, prev=self.acc)
+                meta_y=meta_y, autocast=ctx.autocast, prev=self.acc, lookahead=cfg.lookahead)
             loss = info["loss"]
-            check_finite(loss, "main", epoch, step)
-            check_finite(torch.tensor(info["meta_loss"]), "main", epoch, step, "meta loss")
             self.steps += 1
             if self.steps % cfg.k == 0:  # end of a k-window: step the LCN with G_t
                 self.opt.zero_grad(set_to_none=True)
@@ -296,7 +312,8 @@ class MLC(Method):
             for name, p in trainable(model).items():
                 p.grad = train_grads[name]
             ctx.optimizer.step()
-            meter.step(step, loss=loss, meta_loss=info["meta_loss"])
+            meter.step(step, finite={"loss": loss, "meta loss": info["meta_loss"]}, loss=loss,
+                       meta_loss=info["meta_loss"])
         return meter.means()
 
     @torch.no_grad()

@@ -25,9 +25,15 @@ from dataclasses import dataclass
 
 import torch
 
-from engine.methods.base import Method, param, register
-from engine.methods.soft_label_step import LookaheadCheck, meta_jvp_param, real_update_param, soft_label_meta_step
-from engine.train.context import check_finite
+from engine.methods.base import param, register
+from engine.methods.soft_label_step import (
+    LookaheadCheck,
+    SoftLabelMethod,
+    lookahead_param,
+    meta_jvp_param,
+    real_update_param,
+    soft_label_meta_step,
+)
 from engine.train.steps import EpochMeter
 
 REFERENCE_ELEMENTS = 128 * 10  # batch × classes the paper's β was tuned for
@@ -40,6 +46,7 @@ class MSLGConfig:
                          "breaks the model in the first steps (logged)")
     beta: float = param(4000.0, "label-variable learning rate at batch 128 × 10 classes; rescaled to the run (paper: 4000)")
     entropy_weight: float = param(1.0, "weight of the entropy loss in the real update (paper: 1)")
+    lookahead: str = lookahead_param()
     meta_jvp: str = meta_jvp_param()
     real_update: str = real_update_param()
 
@@ -50,7 +57,7 @@ def label_lr(beta: float, batch_size: int, num_classes: int) -> float:
 
 
 @register
-class MSLG(Method):
+class MSLG(SoftLabelMethod):
     name = "mslg"
     summary = "Meta Soft Label Generation: per-image label variables learned on the meta set (ROP study)"
     config_cls = MSLGConfig
@@ -75,14 +82,13 @@ class MSLG(Method):
             z = self.z[b.idx].clone().requires_grad_()
             surrogate, info, finish = soft_label_meta_step(
                 ctx, b, next(meta), lambda z=z: torch.log_softmax(z, 1), check=self.check,
-                entropy_weight=cfg.entropy_weight, meta_jvp=cfg.meta_jvp, real_update=cfg.real_update)
+                entropy_weight=cfg.entropy_weight, meta_jvp=cfg.meta_jvp, real_update=cfg.real_update,
+                lookahead=cfg.lookahead)
             (gz,) = torch.autograd.grad(surrogate, z)
             z_new = (z - beta * gz).detach()  # eq. 2: plain SGD on the label variables
-            check_finite(z_new, "main", epoch, step, "label variables")
             self.z[b.idx] = z_new
             loss = finish(torch.log_softmax(z_new, 1))
-            check_finite(loss, "main", epoch, step)
-            meter.step(step, loss=loss, meta_loss=info["meta_loss"])
+            meter.step(step, finite={"label variables": z_new, "loss": loss}, loss=loss, meta_loss=info["meta_loss"])
         return {**meter.means(), **self.check.epoch_stats(backoffs, "--mslg-alpha")}
 
     def soft_labels(self) -> torch.Tensor:
@@ -90,7 +96,7 @@ class MSLG(Method):
         soft = torch.softmax(self.z.float(), 1).cpu()
         unlabeled = (self.ctx.train.targets < 0).cpu()
         if bool(unlabeled.any()):
-            soft[unlabeled] = self.ctx.predict_train()[unlabeled]
+            soft[unlabeled] = self.ctx.predict_train(rows=torch.nonzero(unlabeled).squeeze(1))
         return soft
 
     def state_dict(self) -> dict:

@@ -14,15 +14,32 @@ from dataclasses import asdict, dataclass
 import torch
 import torch.nn.functional as F
 
+from engine.errors import InputError, Problem
 from engine.losses import entropy, kl_prediction_to_label, upcast
-from engine.meta import frozen_norm_stats, lookahead_surrogate, trainable
-from engine.methods.base import param
+from engine.meta import (
+    LOOKAHEADS,
+    first_order_gradient,
+    forward_with_jvp,
+    frozen_norm_stats,
+    lookahead_surrogate,
+    sgd_lookahead,
+    surrogate,
+    trainable,
+)
+from engine.methods.base import Method, param
+
+
+def lookahead_param(default: str = "full"):
+    return param(default, "where the meta-gradient is taken: full = after the virtual step, as in the paper (a step "
+                 "takes about 3.4x the time of a cross-entropy step); first-order = at the current weights, the "
+                 "limit of small virtual steps, computed inside the training forward (about 2.5x; bench/RESULTS.md "
+                 "compares their accuracy)", choices=LOOKAHEADS)
 
 
 def meta_jvp_param():
-    return param("exact", "exact (forward-mode AD) or finite-difference (one forward cheaper, approximate, "
-                 "CPU/float32 only) for the Jacobian-vector product of the meta-gradient",
-                 choices=("exact", "finite-difference"))
+    return param("exact", "with lookahead=full: exact (forward-mode AD) or finite-difference (one forward cheaper, "
+                 "approximate, float32 only: refused under mixed precision) for the Jacobian-vector product of "
+                 "the meta-gradient", choices=("exact", "finite-difference"))
 
 
 def real_update_param():
@@ -31,6 +48,30 @@ def real_update_param():
                  "it trains on the labels from before this step's meta update, which act from the image's next "
                  "visit, and the virtual step includes the entropy term; 15–30 % cheaper per step)",
                  choices=("fresh-labels", "same-pass"))
+
+
+def check_lookahead(method: str, lookahead: str, meta_jvp: str, *, mixed_precision: bool) -> None:
+    """Refuse, before training, settings that cannot work: an unknown look-ahead, the finite-difference JVP with the
+    first-order look-ahead (which has the exact one for free) or under bf16 mixed precision."""
+    where = f"method '{method}' parameters"
+    if lookahead not in LOOKAHEADS:
+        raise InputError(Problem(where, f"lookahead must be one of {', '.join(LOOKAHEADS)}, got '{lookahead}'"))
+    if meta_jvp == "finite-difference":
+        if lookahead != "full":
+            raise InputError(Problem(where, "meta_jvp=finite-difference applies to lookahead=full only",
+                                     f"drop --{method}-meta-jvp or pass --{method}-lookahead full"))
+        if mixed_precision:
+            raise InputError(Problem(where, "meta_jvp=finite-difference needs float32, but this run uses bf16 mixed "
+                                            "precision on the GPU", "pass --amp false, or use meta_jvp=exact"))
+
+
+class SoftLabelMethod(Method):
+    """Base of the methods whose step is `soft_label_meta_step` (MSLG, MetaLabelNet): their look-ahead settings
+    (`lookahead`, `meta_jvp` config fields) are checked when the method is built, before any training."""
+
+    def __init__(self, cfg, ctx):
+        super().__init__(cfg, ctx)
+        check_lookahead(self.name, cfg.lookahead, cfg.meta_jvp, mixed_precision=ctx.autocast_enabled())
 
 
 @dataclass
@@ -83,15 +124,22 @@ def classification_loss(logits: torch.Tensor, label_logp: torch.Tensor) -> torch
 
 
 def soft_label_meta_step(ctx, b, meta_batch, label_logp_fn, *, check: LookaheadCheck, entropy_weight: float,
-                         meta_jvp: str = "exact", real_update: str = "fresh-labels"):
+                         meta_jvp: str = "exact", real_update: str = "fresh-labels", lookahead: str = "full"):
     """Steps (a)–(c) for one batch. `label_logp_fn()` -> (B, C) soft-label log-probabilities with graph to the meta
-    parameters; `check` holds α (and may lower it, see `LookaheadCheck`).
+    parameters; `check` holds α (and may lower it, see `LookaheadCheck`); `lookahead`: "full" (g' at the virtual
+    step's θ') or "first-order" (g' at θ, u from the training forward itself; `engine.meta`).
 
     Returns (surrogate, meta_info, finish): the gradient of `surrogate` w.r.t. the meta parameters is the
-    meta-gradient (b); `finish(new_label_logp)` does the real update (c) and returns its loss.
+    meta-gradient (b); `finish(new_label_logp)` does the real update (c) and returns its loss. meta_info["meta_loss"]
+    is a 0-dim tensor (L_meta at θ' for "full", at θ for "first-order"; read it lazily: no host sync per step).
     """
-    with ctx.autocast():
-        logits = ctx.model(b.x)
+    first_order = lookahead == "first-order"
+    if first_order:  # g' at θ first, then the training forward carries u = J g' as its tangent
+        g_meta, meta_now = first_order_gradient(ctx.model, meta_batch.x, meta_batch.y, ctx.autocast)
+        logits, u = forward_with_jvp(ctx.model, b.x, g_meta, autocast=ctx.autocast)
+    else:
+        with ctx.autocast():
+            logits = ctx.model(b.x)
     label_logp = label_logp_fn()
 
     def real_loss(lp: torch.Tensor) -> torch.Tensor:  # eq. 4, both terms averaged over batch × classes
@@ -104,11 +152,22 @@ def soft_label_meta_step(ctx, b, meta_batch, label_logp_fn, *, check: LookaheadC
         loss.backward()
         grads = {n: p.grad if p.grad is not None else torch.zeros_like(p) for n, p in trainable(ctx.model).items()}
     while True:
-        surrogate, info = lookahead_surrogate(
-            ctx.model, x=b.x, logits=logits, targets=label_logp, loss_fn=classification_loss,
-            meta_x=meta_batch.x, meta_y=meta_batch.y, lr=check.alpha, autocast=ctx.autocast, jvp_mode=meta_jvp,
-            grads=grads)
-        if check.steps_left <= 0 or check.accept(info["meta_loss"], _meta_loss(ctx, meta_batch)):
+        if first_order:
+            meta_surrogate = surrogate(logits, label_logp, classification_loss, u, check.alpha)
+            info = {"meta_loss": meta_now}
+        else:
+            meta_surrogate, info = lookahead_surrogate(
+                ctx.model, x=b.x, logits=logits, targets=label_logp, loss_fn=classification_loss,
+                meta_x=meta_batch.x, meta_y=meta_batch.y, lr=check.alpha, autocast=ctx.autocast, jvp_mode=meta_jvp,
+                grads=grads)
+        if check.steps_left <= 0:
+            break
+        # the first steps only (host syncs are fine here): is the virtual step θ' = θ − α∇L a sane model?
+        if first_order:
+            ahead, now = _lookahead_meta_loss(ctx, logits, label_logp, meta_batch, check.alpha, grads), float(meta_now)
+        else:
+            ahead, now = float(info["meta_loss"]), _meta_loss(ctx, meta_batch)
+        if check.accept(ahead, now):
             break
 
     def finish(new_label_logp: torch.Tensor) -> torch.Tensor:
@@ -120,7 +179,19 @@ def soft_label_meta_step(ctx, b, meta_batch, label_logp_fn, *, check: LookaheadC
         ctx.optimizer.step()
         return loss.detach()
 
-    return surrogate, info, finish
+    return meta_surrogate, info, finish
+
+
+def _lookahead_meta_loss(ctx, logits, label_logp, meta_batch, alpha: float, grads) -> float:
+    """L_meta(θ − α∇L) for the look-ahead check in the first-order mode (which otherwise never builds θ')."""
+    params = trainable(ctx.model)
+    if grads is None:
+        loss = classification_loss(logits, label_logp.detach())
+        grads = dict(zip(params, torch.autograd.grad(loss, list(params.values()), retain_graph=True), strict=True))
+    ahead = sgd_lookahead(params, grads, alpha)
+    with torch.no_grad(), ctx.autocast(), frozen_norm_stats(ctx.model):
+        out = torch.func.functional_call(ctx.model, ahead, (meta_batch.x,), strict=False)
+    return float(F.cross_entropy(upcast(out), meta_batch.y))
 
 
 @torch.no_grad()

@@ -55,6 +55,11 @@ class Batch(NamedTuple):
     soft: torch.Tensor | None = None  # (B, K) vote shares when the data carries them
 
 
+def uses_bf16(device: torch.device, *, amp: bool) -> bool:
+    """Whether training runs in bf16 mixed precision: AMP on, on a CUDA device that supports bf16."""
+    return amp and torch.device(device).type == "cuda" and torch.cuda.is_bf16_supported()
+
+
 def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % (2**32))
@@ -124,17 +129,21 @@ class TrainContext:
             group["lr"] = lr
         return lr
 
+    def autocast_enabled(self) -> bool:
+        """Whether `autocast()` runs in bf16 (`uses_bf16`)."""
+        return uses_bf16(self.device, amp=self.amp)
+
     def autocast(self):
         """bf16 autocast on CUDA when enabled and supported; a no-op elsewhere."""
-        if self.amp and self.device.type == "cuda" and torch.cuda.is_bf16_supported():
+        if self.autocast_enabled():
             return torch.autocast("cuda", dtype=torch.bfloat16)
         return contextlib.nullcontext()
 
     # --- data ---------------------------------------------------------------------------------------------
     def prepare(self, images_u8: torch.Tensor, flip: torch.Tensor | None = None) -> torch.Tensor:
-        """uint8 (B, C, H, W) -> normalised float, flipped where `flip` is True."""
+        """uint8 (B, C, H, W) -> normalised float, flipped where `flip` is True (no host sync: no `flip.any()`)."""
         x = images_u8.float().div_(255.0)
-        if flip is not None and bool(flip.any()):
+        if flip is not None:
             x = torch.where(flip.view(-1, 1, 1, 1), x.flip(-1), x)
         x = (x - self._mean) / self._std
         if self.device.type == "cuda":
@@ -143,22 +152,33 @@ class TrainContext:
 
     def batches(self, epoch: int, *, data: TensorData | None = None, labeled_only: bool = True,
                 stream: int = 0, augment: bool = True) -> Iterator[Batch]:
-        """Shuffled batches for one epoch, seeded by (seed, epoch, stream); stops early at `max_steps`."""
+        """Shuffled batches for one epoch, seeded by (seed, epoch, stream); stops early at `max_steps`.
+
+        `data` may live on any device: each batch is gathered where the data is and moved to `self.device`."""
         data = data or self.train
         gen = torch.Generator().manual_seed(epoch_seed(self.seed, epoch, stream))
         pool = torch.arange(len(data))
         if labeled_only:
             pool = pool[(data.targets >= 0).cpu()]
         order = pool[torch.randperm(len(pool), generator=gen)]
-        flips = (torch.rand(len(data), generator=gen) < 0.5) if (self.flip and augment) else torch.zeros(
-            len(data), dtype=torch.bool)
+        flips = (torch.rand(len(data), generator=gen) < 0.5) if (self.flip and augment) else None
         n_steps = self.steps_per_epoch(len(order))
         for step in range(n_steps):
             idx = order[step * self.batch_size:(step + 1) * self.batch_size]
-            dev_idx = idx.to(self.device)
-            flip = flips[idx].to(self.device)
-            yield Batch(self.prepare(data.images[dev_idx], flip), data.targets[dev_idx], dev_idx, flip,
-                        None if data.soft is None else data.soft[dev_idx])
+            flip = None if flips is None else flips[idx].to(self.device, non_blocking=True)
+            yield self._batch(data, idx, flip)
+
+    def _batch(self, data: TensorData, idx: torch.Tensor, flip: torch.Tensor | None) -> Batch:
+        """Rows `idx` (a CPU index tensor) of `data`, gathered on the data's device, then put on `self.device`."""
+        where = data.images.device
+        src = idx.to(where, non_blocking=True)
+        images = data.images[src].to(self.device, non_blocking=True)
+        targets = data.targets[src].to(self.device, non_blocking=True)
+        soft = None if data.soft is None else data.soft[src].to(self.device, non_blocking=True)
+        dev_idx = src if where == self.device else idx.to(self.device, non_blocking=True)
+        if flip is None:
+            flip = torch.zeros(len(idx), dtype=torch.bool, device=self.device)
+        return Batch(self.prepare(images, flip), targets, dev_idx, flip, soft)
 
     def steps_per_epoch(self, n: int | None = None) -> int:
         """Batches per epoch; a last batch of a single image is dropped (BatchNorm cannot train on one sample)."""
@@ -180,11 +200,11 @@ class TrainContext:
             self.max_steps = saved
 
     def ordered(self, data: TensorData, *, batch_size: int = 256, flip: bool = False) -> Iterator[Batch]:
-        """All samples in index order, no augmentation (for evaluation and feature extraction)."""
+        """All samples in index order, no augmentation (for evaluation and feature extraction); `data` may live on
+        any device (batches are moved to `self.device`)."""
         for start in range(0, len(data), batch_size):
-            idx = torch.arange(start, min(start + batch_size, len(data)), device=self.device)
-            f = torch.full((len(idx),), flip, dtype=torch.bool, device=self.device)
-            yield Batch(self.prepare(data.images[idx], f), data.targets[idx], idx, f)
+            idx = torch.arange(start, min(start + batch_size, len(data)))
+            yield self._batch(data, idx, torch.full((len(idx),), flip, dtype=torch.bool, device=self.device))
 
     # --- evaluation ---------------------------------------------------------------------------------------
     @torch.no_grad()
@@ -200,8 +220,9 @@ class TrainContext:
         model.train(was_training)
         return torch.cat(out) if out else torch.zeros(0, self.num_classes)
 
-    def predict_train(self, model: nn.Module | None = None) -> torch.Tensor:
-        return self.predict(self.train, model)
+    def predict_train(self, model: nn.Module | None = None, rows: torch.Tensor | None = None) -> torch.Tensor:
+        """Predictions for the training set (N, K), or only for the training-set indices `rows` (R, K)."""
+        return self.predict(self.train if rows is None else self.train.subset(rows), model)
 
     def accuracy(self, data: TensorData, model: nn.Module | None = None) -> float:
         labeled = (data.targets >= 0).cpu()

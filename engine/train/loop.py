@@ -28,8 +28,9 @@ class FitState:
     best_epoch: int = -1
     best_meta_acc: float = -math.inf
     best_model: dict | None = None  # state_dict of the selected model (CPU)
-    best_soft_labels: torch.Tensor | None = None  # (N_train, K) at the best epoch
+    best_soft_labels: torch.Tensor | None = None  # (N_train, K) at the best epoch (see `fit`)
     best_flag_scores: np.ndarray | None = None
+    best_train_probs: torch.Tensor | None = None  # (N_train, K) the selected model's predictions, set when fit ends
     history: list[dict] = field(default_factory=list)
     started: bool = False  # method.start() has run
 
@@ -73,6 +74,12 @@ def fit(ctx: TrainContext, method: Method, *, state: FitState | None = None,
 
     Warm-up epochs (< ctx.warmup_epochs) train cross-entropy on majority labels; the method's main phase follows.
     Model selection by meta accuracy considers the main-phase epochs and the last warm-up epoch.
+
+    Evaluation per epoch is what selection and the progress curves need: meta and test accuracy (small sets), and
+    for methods that learn labels their soft labels once (for the drift record and, at a new best, to keep). The
+    training set is predicted once, when training ends, by the selected model: `best_train_probs`, the history's
+    `train_acc_majority` of the selected epoch, and `best_soft_labels` where the selected model's predictions are the
+    soft labels (the warm-up, and methods that do not learn labels).
     """
     state = state or FitState()
     n_train = len(ctx.train)
@@ -91,14 +98,15 @@ def fit(ctx: TrainContext, method: Method, *, state: FitState | None = None,
                 method.start()
                 state.started = True
             stats = method.train_epoch(epoch)
+        t_eval = time.time()
         model = method.model_for_eval()
         meta_acc = ctx.accuracy(ctx.meta, model)
         record = {"epoch": epoch, "stage": stage, "lr": lr, **stats, "meta_acc": meta_acc,
-                  "test_acc": ctx.accuracy(ctx.test, model) if ctx.test is not None else None,
-                  "train_acc_majority": ctx.accuracy(ctx.train, model), "seconds": time.time() - t0}
-        if state.started and method.learns_labels:
-            record.update(label_drift(method.soft_labels(), ctx.train.targets.cpu()))
-        state.history.append(record)
+                  "test_acc": ctx.accuracy(ctx.test, model) if ctx.test is not None else None}
+        own_labels = state.started and method.learns_labels
+        soft = method.soft_labels() if own_labels else None
+        if soft is not None:
+            record.update(label_drift(soft, ctx.train.targets.cpu()))
         # Candidates: the main-phase epochs and the warm-up's last epoch, so a main phase that only hurts the
         # meta accuracy falls back to the warm-up model instead of keeping its least bad epoch.
         last_warm = epoch == min(ctx.warmup_epochs, ctx.epochs) - 1
@@ -108,15 +116,34 @@ def fit(ctx: TrainContext, method: Method, *, state: FitState | None = None,
         if selectable and (better or state.best_model is None):
             state.best_epoch, state.best_meta_acc = epoch, meta_acc
             state.best_model = _cpu_state(model)
-            soft = method.soft_labels() if state.started else ctx.predict_train(model)
-            assert soft.shape == (n_train, ctx.num_classes), soft.shape
-            state.best_soft_labels = soft.float().cpu()
+            if soft is not None:
+                assert soft.shape == (n_train, ctx.num_classes), soft.shape
+            state.best_soft_labels = None if soft is None else soft.float().cpu()  # None: the model's, at the end
             scores = method.flag_scores() if state.started else None
             state.best_flag_scores = None if scores is None else np.asarray(scores, dtype=float)
+        record["eval_seconds"] = time.time() - t_eval
+        record["seconds"] = time.time() - t0
+        state.history.append(record)
         state.epoch = epoch
         if on_epoch_end:
             on_epoch_end(state)
+    _finish(ctx, method, state)
     return state
+
+
+def _finish(ctx: TrainContext, method: Method, state: FitState) -> None:
+    """One prediction of the training set by the selected model (see `fit`)."""
+    if state.best_model is None:
+        return
+    probs = ctx.predict_train(restore_best(ctx, method, state)).float()
+    state.best_train_probs = probs
+    if state.best_soft_labels is None:
+        state.best_soft_labels = probs
+    labeled = (ctx.train.targets >= 0).cpu()
+    best = next((h for h in state.history if h["epoch"] == state.best_epoch), None)
+    if best is not None and bool(labeled.any()):
+        agree = probs.argmax(1)[labeled] == ctx.train.targets.cpu()[labeled]
+        best["train_acc_majority"] = float(agree.float().mean())
 
 
 def label_drift(soft: torch.Tensor, targets: torch.Tensor) -> dict:

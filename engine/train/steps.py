@@ -1,30 +1,72 @@
-"""Single training steps shared by methods (pure over a context): cross-entropy on hard labels."""
+"""Single training steps shared by methods (pure over a context): cross-entropy on hard labels, and the per-epoch
+meter that reports steps without a host sync per step."""
 
 from __future__ import annotations
+
+import math
 
 import torch
 
 from engine.losses import cross_entropy, soft_cross_entropy
-from engine.train.context import Batch, TrainContext, check_finite
+from engine.train.context import Batch, NonFiniteLoss, TrainContext
+
+SYNC_EVERY = 8  # on an accelerator, step values are read back (one transfer) every this many steps
 
 
 class EpochMeter:
-    """Mean of each per-step value over an epoch; every step is also sent to the progress callback."""
+    """Mean of each per-step value over an epoch; every step is also sent to the progress callback.
+
+    Values may be 0-dim tensors. On the CPU each step is read at once; on a GPU the pending steps are read back in
+    one transfer every `SYNC_EVERY` steps (and after the first), so the GPU never waits for the host between steps.
+    `finite={name: tensor}` marks tensors that must be finite: when read, a NaN/inf raises `NonFiniteLoss` naming the
+    step (on a GPU up to SYNC_EVERY − 1 steps later than it happened; the last checkpoint is from an earlier epoch).
+    """
 
     def __init__(self, ctx: TrainContext, epoch: int, steps: int, *, stage: str = "main", **fixed):
-        self.ctx, self.fixed = ctx, {"stage": stage, "epoch": epoch, "steps": steps, **fixed}
+        self.ctx, self.stage, self.epoch = ctx, stage, epoch
+        self.fixed = {"stage": stage, "epoch": epoch, "steps": steps, **fixed}
+        self.sync_every = 1 if ctx.device.type == "cpu" else SYNC_EVERY
+        self.pending: list[tuple[int, float, dict, dict]] = []
         self.sums: dict[str, float] = {}
-        self.n = 0
+        self.weight = 0.0
 
-    def step(self, step: int, **values: float) -> None:
-        values = {k: float(v) for k, v in values.items()}
-        for k, v in values.items():
-            self.sums[k] = self.sums.get(k, 0.0) + v
-        self.n += 1
-        self.ctx.on_step({**self.fixed, "step": step, **values})
+    def step(self, step: int, *, weight: float = 1.0, finite: dict[str, torch.Tensor] | None = None,
+             **values: torch.Tensor | float) -> None:
+        self.pending.append((step, weight, values, finite or {}))
+        if len(self.pending) >= self.sync_every or step == 0:
+            self.flush()
+
+    def flush(self) -> None:
+        """Read the pending steps (one device-to-host transfer), check them, add them up and report them."""
+        if not self.pending:
+            return
+        scalars = []
+        for _, _, values, finite in self.pending:
+            scalars += [_scalar(v, self.ctx.device) for v in values.values()]
+            scalars += [_scalar(t, self.ctx.device) if t.dim() == 0 else torch.isfinite(t).all().float()
+                        for t in finite.values()]
+        numbers = iter(torch.stack(scalars).tolist())
+        pending, self.pending = self.pending, []
+        for step, weight, values, finite in pending:
+            record = {k: next(numbers) for k in values}
+            for name, t in finite.items():
+                ok = next(numbers)
+                if not (math.isfinite(ok) if t.dim() == 0 else ok == 1.0):
+                    raise NonFiniteLoss(self.stage, self.epoch, step, name)
+            for k, v in record.items():
+                self.sums[k] = self.sums.get(k, 0.0) + v * weight
+            self.weight += weight
+            self.ctx.on_step({**self.fixed, "step": step, **record})
 
     def means(self) -> dict:
-        return {k: v / max(self.n, 1) for k, v in self.sums.items()}
+        self.flush()
+        return {k: v / max(self.weight, 1e-12) for k, v in self.sums.items()}
+
+
+def _scalar(v, device) -> torch.Tensor:
+    if isinstance(v, torch.Tensor):
+        return v.detach().reshape(()).float().to(device)
+    return torch.tensor(float(v), device=device)
 
 
 def ce_epoch(ctx: TrainContext, epoch: int, *, stage: str, model=None, optimizer=None,
@@ -33,16 +75,12 @@ def ce_epoch(ctx: TrainContext, epoch: int, *, stage: str, model=None, optimizer
     model = model or ctx.model
     optimizer = optimizer or ctx.optimizer
     model.train()
-    total, n = 0.0, 0
     batches = batches if batches is not None else ctx.batches(epoch)
-    steps = ctx.steps_per_epoch()
+    meter = EpochMeter(ctx, epoch, ctx.steps_per_epoch(), stage=stage)
     for step, b in enumerate(batches):
         loss = hard_label_step(ctx, model, optimizer, b, loss_fn=loss_fn, clip=clip)
-        check_finite(loss, stage, epoch, step)
-        total += float(loss) * len(b.y)
-        n += len(b.y)
-        ctx.on_step({"stage": stage, "epoch": epoch, "step": step, "steps": steps, "loss": float(loss)})
-    return {"loss": total / max(n, 1)}
+        meter.step(step, weight=len(b.y), finite={"loss": loss}, loss=loss)
+    return {"loss": meter.means().get("loss", 0.0)}
 
 
 def hard_label_step(ctx: TrainContext, model, optimizer, b: Batch, *, loss_fn=cross_entropy,

@@ -42,10 +42,12 @@ def _wait(predicate, timeout=20.0):
     return False
 
 
-def _launch(at, **fields):
+def _launch(at, method=None, **fields):
     at.run()
     at.switch_page("views/train.py").run()
     assert not at.exception, at.exception
+    if method:
+        at.selectbox(key="train_method").set_value(method).run()
     for name, value in fields.items():
         at.number_input(key=f"train_{name}").set_value(value)
     next(b for b in at.form_submit_button if b.label == "Launch training").click().run()
@@ -57,14 +59,17 @@ def test_launch_passes_the_form_to_the_engine_and_cancel_stops_it(at, demo, work
     _launch(at, data_image_size=32, schedule_epochs=2, schedule_warmup_epochs=1, schedule_batch_size=16)
     assert len(fake_engine) == 1
     argv = fake_engine[0]
-    for flag, value in [("--method", "mslg"), ("--image-size", "32"), ("--epochs", "2"), ("--warmup-epochs", "1"),
+    from engine.config import RuntimeConfig
+
+    default = RuntimeConfig().method  # the form preselects the engine's default method
+    for flag, value in [("--method", default), ("--image-size", "32"), ("--epochs", "2"), ("--warmup-epochs", "1"),
                         ("--batch-size", "16"), ("--classes", "normal,pre-plus,plus")]:
         assert argv[argv.index(flag) + 1] == value, (flag, argv)
 
     with WorkspaceStore(workspace / "review.db") as store:
         (record,) = store.list_runs()
     run_dir = Path(record["run_dir"])
-    assert record["state"] == "running" and record["method"] == "mslg" and record["pid"]
+    assert record["state"] == "running" and record["method"] == default and record["pid"]
     assert at.session_state["run"] == str(run_dir)
     assert _wait(lambda: (run_dir / "status.json").exists())
 
@@ -103,7 +108,7 @@ def test_a_job_whose_process_is_gone_is_shown_failed_with_its_log(at, demo, work
 
 def test_form_options_are_accepted_by_the_engine_cli(at, demo, workspace, fake_engine):
     """The exact argv the app builds parses with `python -m engine run`'s parser into the intended config."""
-    _launch(at, data_image_size=32, schedule_epochs=2, schedule_warmup_epochs=1, schedule_batch_size=32)
+    _launch(at, "mslg", data_image_size=32, schedule_epochs=2, schedule_warmup_epochs=1, schedule_batch_size=32)
     from engine.cli import build_parser
     from engine.commands.run import config_from_args
 
@@ -181,6 +186,7 @@ def test_parameters_with_fixed_values_are_select_boxes_and_reach_the_engine(at, 
     """mslg's meta_jvp and real_update take only their listed values: select boxes, not free text."""
     at.run()
     at.switch_page("views/train.py").run()
+    at.selectbox(key="train_method").set_value("mslg").run()
     jvp = at.selectbox(key="train_mslg_meta_jvp")
     assert jvp.options == ["exact", "finite-difference"] and jvp.value == "exact"
     assert at.selectbox(key="train_mslg_real_update").options == ["fresh-labels", "same-pass"]

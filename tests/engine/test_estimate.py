@@ -98,3 +98,70 @@ def test_flag_score_and_ordinal_priority():
 def test_a_vote_outside_the_class_range_is_an_error():
     with pytest.raises(ValueError, match="class 3"):
         estimate_labels(np.full((2, 3), 1 / 3), np.array([[0], [3]]))
+
+
+def test_pattern_likelihood_is_a_distribution_over_patterns_for_each_class():
+    import itertools
+
+    from engine.estimate import pattern_likelihood
+
+    rng = np.random.default_rng(0)
+    conf = rng.dirichlet([3, 1, 1], size=(2, 3))  # 2 experts, (K, K) rows
+    every = np.array(list(itertools.product(range(-1, 3), repeat=2)))  # -1 = not graded counts as a pattern
+    every = every[(every >= 0).any(1)]
+    post = rng.dirichlet([1, 1, 1], size=len(every))
+    lik = pattern_likelihood(post, every, conf, strength=5.0)
+    # the product term sums to 1 over graded patterns when "not graded" is folded in: check per class that the
+    # likelihood is a proper mixture of the smoothed product and the empirical pattern frequencies
+    counts = post.sum(0)
+    product = np.ones((len(every), 3))
+    for e in range(2):
+        graded = every[:, e] >= 0
+        product[graded] *= conf[e][:, every[graded, e]].T
+    np.testing.assert_allclose(lik, (5.0 * product + post) / (5.0 + counts), rtol=1e-9)
+
+
+def test_correlated_mode_does_not_count_experts_who_err_together_twice():
+    """Three experts who err together on 'hard' images: the independent model is over-sure of the majority there;
+    scoring the vote pattern as one observation estimates the number of wrong majority labels better."""
+    from engine.estimate import label_estimate
+
+    rng = np.random.default_rng(4)
+    n, k = 3000, 3
+    truth = rng.integers(0, k, n)
+    hard = rng.random(n) < 0.3
+    wrong_class = (truth + rng.integers(1, k, n)) % k
+    votes = np.where(rng.random((n, 3)) < 0.9, truth[:, None], rng.integers(0, k, (n, 3)))
+    together = hard & (rng.random(n) < 0.5)  # on half the hard images all three see the same wrong class
+    votes[together] = wrong_class[together, None]
+    prior = np.full((n, k), 0.05)
+    prior[np.arange(n), truth] = 0.9  # a good image model
+    known = np.where(np.arange(n) < 60, truth, -1)
+    from engine.data.aggregate import MajorityVote
+
+    maj = MajorityVote().fit(votes, k).labels_
+    really_wrong = int(((maj != truth) & (known < 0)).sum())
+    expected, recovery = {}, {}
+    for mode in ("independent", "correlated"):
+        post = label_estimate(prior, votes, known=known, calibrate=False, calibration_rows=known >= 0,
+                              experts=mode).posterior
+        expected[mode] = float((1 - post[np.arange(n), maj])[known < 0].sum())
+        recovery[mode] = float((post.argmax(1) == truth).mean())
+    # independent experts who agree look certain: it expects a few dozen errors where there are hundreds
+    assert expected["independent"] < 0.1 * really_wrong
+    assert expected["correlated"] > 0.4 * really_wrong
+    assert recovery["correlated"] > recovery["independent"] + 0.03
+
+
+def test_with_one_expert_the_modes_agree():
+    from engine.estimate import label_estimate
+
+    rng = np.random.default_rng(5)
+    prior = rng.dirichlet([2, 2, 2], size=200)
+    votes = rng.integers(0, 3, (200, 1))
+    known = np.full(200, -1)
+    a = label_estimate(prior, votes, known=known, calibrate=False, calibration_rows=known >= 0, experts="correlated")
+    b = label_estimate(prior, votes, known=known, calibrate=False, calibration_rows=known >= 0, experts="independent")
+    np.testing.assert_allclose(a.posterior, b.posterior)
+    with pytest.raises(ValueError, match="experts must be one of"):
+        label_estimate(prior, votes, known=known, calibrate=False, calibration_rows=known >= 0, experts="bogus")

@@ -3,6 +3,7 @@
 import torch
 from torch import nn
 
+from engine.methods import get_method
 from engine.methods.base import Method
 from engine.methods.mslg import MSLG, MSLGConfig
 from engine.train.context import TensorData, TrainContext
@@ -58,3 +59,27 @@ def test_label_drift_values():
     out = label_drift(soft, torch.tensor([0, 0, -1]))
     assert out["labels_changed"] == 0.5
     assert abs(out["label_shift"] - (0.1 + 0.7) / 2) < 1e-6
+
+
+def test_the_training_set_is_predicted_once_by_the_selected_model(monkeypatch):
+    """Per-epoch evaluation covers the meta (and test) set only; the training set is predicted once, at the end,
+    by the selected model (its soft labels for `ce`-like methods, `best_train_probs`, `train_acc_majority`)."""
+    ctx = _ctx(epochs=4, warmup=2)
+    rows = []
+    real = ctx.predict
+
+    def counting(data, model=None):
+        rows.append(len(data))
+        return real(data, model)
+
+    monkeypatch.setattr(ctx, "predict", counting)
+    state = fit(ctx, get_method("ce")(None, ctx))
+    assert sum(n for n in rows if n == len(ctx.train)) == len(ctx.train)  # one pass over the 48 training images
+    assert rows.count(len(ctx.meta)) == 4  # meta accuracy every epoch
+    best = restore_best(ctx, Saboteur(None, ctx), state)
+    torch.testing.assert_close(state.best_soft_labels, real(ctx.train, best))
+    assert state.best_train_probs is state.best_soft_labels
+    selected = next(h for h in state.history if h["epoch"] == state.best_epoch)
+    assert selected["train_acc_majority"] == float((real(ctx.train, best).argmax(1) == ctx.train.targets).float().mean())
+    assert all("train_acc_majority" not in h for h in state.history if h is not selected)
+    assert all(0 <= h["eval_seconds"] <= h["seconds"] for h in state.history)

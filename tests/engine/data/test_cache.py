@@ -45,7 +45,7 @@ def test_hit_avoids_decoding_across_instances(tmp_path, counted):
     assert (again.get(p, 16) == first).all() and counted == [] and again.decode_count == 0
     again.get(p, 24)  # another size is another entry
     assert len(counted) == 1
-    assert not [f for f in (tmp_path / "c").rglob("*") if f.is_file() and f.suffix != ".npy"]  # no temp files
+    assert not [f for f in (tmp_path / "c").rglob("*") if f.is_file() and f.suffix == ".tmp"]  # no temp files
 
 
 def test_key_follows_bytes_not_path(tmp_path):
@@ -102,3 +102,63 @@ def test_unreadable_file_raises_and_caches_nothing(tmp_path):
     good = tmp_path / "g.png"
     Image.fromarray(gradient_rgb()).save(good)
     assert cache.get(good, 8).shape == (8, 8, 3)
+
+
+@pytest.fixture
+def hashed(monkeypatch):
+    """Count sha256 computations (what the stat index saves on unchanged files)."""
+    from engine.data import cache as cache_mod
+
+    calls: list[str] = []
+    real = cache_mod.file_sha256
+    monkeypatch.setattr(cache_mod, "file_sha256", lambda p: calls.append(str(p)) or real(p))
+    return calls
+
+
+def test_load_many_reads_one_pack_without_decoding_or_hashing(tmp_path, counted, hashed):
+    paths = [_png(tmp_path / f"{i}.png", seed=i) for i in range(5)]
+    first = ImageCache(tmp_path / "c").load_many(paths, 8)
+    assert len(counted) == 5 and len(hashed) == 5
+    packs = sorted((tmp_path / "c" / "packs").iterdir())
+    assert [p.suffix for p in packs] == [".keys", ".npy"] and len(packs[0].read_text().split()) == 5
+    counted.clear(), hashed.clear()
+    again = ImageCache(tmp_path / "c")  # a new run over the same files
+    assert (again.load_many(paths, 8) == first).all()
+    assert counted == [] and hashed == [] and again.decode_count == 0
+
+
+def test_an_edited_file_is_hashed_and_decoded_again_the_rest_comes_from_the_pack(tmp_path, counted, hashed):
+    paths = [_png(tmp_path / f"{i}.png", seed=i) for i in range(4)]
+    ImageCache(tmp_path / "c").load_many(paths, 8)
+    _png(paths[2], seed=99, shape=(41, 50))  # new content (and size) at the same path
+    counted.clear(), hashed.clear()
+    stack = ImageCache(tmp_path / "c").load_many(paths[::-1], 8)  # another order: another pack, same rows
+    assert counted == [str(paths[2])] and hashed == [str(paths[2])]
+    for i, p in enumerate(paths[::-1]):
+        assert (stack[i] == resize_center_crop(load_rgb(p), 8)).all()
+
+
+def test_a_corrupt_pack_is_rebuilt(tmp_path, counted):
+    paths = [_png(tmp_path / f"{i}.png", seed=i) for i in range(3)]
+    good = ImageCache(tmp_path / "c").load_many(paths, 8)
+    pack = next((tmp_path / "c" / "packs").glob("*.npy"))
+    pack.write_bytes(pack.read_bytes()[:100])
+    counted.clear()
+    assert (ImageCache(tmp_path / "c").load_many(paths, 8) == good).all() and len(counted) == 3
+    assert (np.load(pack) == good).all()
+
+
+def test_validation_trusts_cached_images_and_a_cold_run_decodes_each_image_once(tmp_path, counted):
+    paths = [_png(tmp_path / f"{i}.png", seed=i) for i in range(4)]
+    bad = tmp_path / "bad.png"
+    bad.write_bytes(b"not a png")
+    cold = ImageCache(tmp_path / "c", workers=2)
+    cold.prefetch([*paths, bad], 8)  # decodes in a thread pool, writes nothing
+    assert sorted(counted) == sorted(map(str, [*paths, bad])) and not (tmp_path / "c").exists()
+    verify = cold.verifier(8)
+    assert [verify(p) for p in paths] == [None] * 4 and "not a readable image" in verify(bad)
+    counted.clear()
+    cold.load_many(paths, 8)
+    assert counted == []  # what validation decoded is used
+    warm = ImageCache(tmp_path / "c").verifier(8)
+    assert [warm(p) for p in paths] == [None] * 4 and counted == []  # cached: trusted without decoding

@@ -69,13 +69,13 @@ def flip_labels(y: np.ndarray, frac: float, rng: np.random.Generator) -> tuple[n
 
 @pytest.fixture
 def make_ctx():
-    """make_ctx(n=96, n_meta=24, noise=0.2, epochs=3, warmup=1, lr=0.05, ...) -> TrainContext on the CPU.
+    """make_ctx(n=96, n_meta=24, noise=0.2, epochs=3, warmup=1, lr=0.05, device="cpu", ...) -> TrainContext.
 
     The context also carries the test's ground truth: `ctx.true_labels` and `ctx.flipped` (numpy, per train row).
     """
 
     def make(*, n=96, n_meta=24, noise=0.2, epochs=3, warmup=1, lr=0.05, batch_size=16, seed=0, model_seed=0,
-             unlabeled=0, **kw) -> TrainContext:
+             unlabeled=0, device="cpu", **kw) -> TrainContext:
         rng = np.random.default_rng(seed)
         x, y = make_images(n, rng)
         noisy, flipped = flip_labels(y, noise, rng)
@@ -84,7 +84,7 @@ def make_ctx():
         mx, my = make_images(n_meta, rng)
         torch.manual_seed(model_seed)
         ctx = TrainContext(TinyNet(), K, TensorData(x, noisy), TensorData(mx, my), mean=(0.35,) * 3, std=(0.25,) * 3,
-                           device="cpu", batch_size=batch_size, seed=seed, epochs=epochs, warmup_epochs=warmup,
+                           device=device, batch_size=batch_size, seed=seed, epochs=epochs, warmup_epochs=warmup,
                            lr=lr, milestones=(), amp=False, **kw)
         ctx.true_labels, ctx.flipped = y, flipped
         return ctx

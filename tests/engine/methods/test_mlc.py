@@ -83,10 +83,34 @@ def test_meta_gradient_matches_unrolled_with_momentum_and_weight_decay(tiny_net,
         torch.testing.assert_close(p.detach(), new[n].detach(), rtol=1e-10, atol=1e-12)
 
 
-def test_k_step_gradient_adds_the_discounted_previous_one(tiny_net):
+@pytest.mark.parametrize("lr", [0.5, 0.05])
+def test_first_order_meta_gradient_matches_second_order_autograd(tiny_net, lr):
+    """lookahead=first-order: ∂/∂φ of −η ⟨∇θ L_train(θ, φ), ∇θ L_meta(θ)⟩, by create_graph autograd on a copy."""
+    model, opt, lcn, b = _setup(tiny_net, lr, seed=2)
+    ref = copy.deepcopy(model)
+    m = copy.deepcopy(ref)  # the meta gradient at θ, on a copy (its own graph and running statistics)
+    g = torch.autograd.grad(F.cross_entropy(m(b["meta_x"]), b["meta_y"]), list(m.parameters()))
+    xx = torch.cat([b["x"], b["clean_x"]])
+    with torch.no_grad():
+        h = ref.forward_head(copy.deepcopy(ref).forward_features(xx), pre_logits=True)
+    targets = torch.cat([lcn(h[:6], b["y"]), F.one_hot(b["clean_y"], K).double()])
+    train = torch.autograd.grad(soft_cross_entropy(ref(xx), targets), list(ref.parameters()), create_graph=True)
+    align = -lr * sum((a * c).sum() for a, c in zip(train, g, strict=True))
+    expected = torch.autograd.grad(align, list(lcn.parameters()))
+    got, train_grads, info = mlc_meta_gradient(model, lcn, opt, lookahead="first-order", **b)
+    assert max(float(e.abs().max()) for e in expected) > 1e-6  # not vacuous
+    for a, e in zip(got, expected, strict=True):
+        torch.testing.assert_close(a, e, rtol=1e-6, atol=1e-10)
+    for n, t in zip(dict(model.named_parameters()), train, strict=True):  # the real update's gradient
+        torch.testing.assert_close(train_grads[n], t.detach(), rtol=1e-9, atol=1e-12)
+    assert info["meta_loss"] > 0
+
+
+@pytest.mark.parametrize("lookahead", ["full", "first-order"])
+def test_k_step_gradient_adds_the_discounted_previous_one(tiny_net, lookahead):
     lr = 0.2
     model, opt, lcn, b = _setup(tiny_net, lr, seed=1)
-    one_step, _, _ = mlc_meta_gradient(model, lcn, opt, **b)
+    one_step, _, _ = mlc_meta_gradient(model, lcn, opt, lookahead=lookahead, **b)
     prev = [torch.randn_like(p) for p in lcn.parameters()]
 
     def meta_grad(m):  # independent: plain autograd on a copy in train mode
@@ -94,7 +118,7 @@ def test_k_step_gradient_adds_the_discounted_previous_one(tiny_net):
         return torch.autograd.grad(F.cross_entropy(m(b["meta_x"]), b["meta_y"]), list(m.parameters()))
 
     g_before = meta_grad(model)
-    got, train_grads, info = mlc_meta_gradient(model, lcn, opt, prev=prev, **b)
+    got, train_grads, info = mlc_meta_gradient(model, lcn, opt, prev=prev, lookahead=lookahead, **b)
     for n, p in model.named_parameters():
         p.grad = train_grads[n]
     opt.step()  # θ' of the look-ahead is where the real step lands

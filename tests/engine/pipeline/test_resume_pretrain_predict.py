@@ -10,7 +10,7 @@ import torch
 from engine import atomic
 from engine.cli import main
 from engine.data import schema as S
-from tests.engine.pipeline.tinydata import CLASSES, run_args
+from tests.engine.pipeline.tinydata import CLASSES, make_aux, run_args
 
 
 @pytest.mark.parametrize(("method", "how"), [("mslg", "flags"), ("metalabelnet", "config.json")])
@@ -60,20 +60,7 @@ def test_resume_refuses_changed_settings_and_missing_checkpoint(tiny_dataset, tm
 
 
 def test_dr_pretraining_then_fresh_task_head(tiny_dataset, tmp_path):
-    aux = tmp_path / "aux"
-    aux.mkdir()
-    from PIL import Image
-
-    rng = np.random.default_rng(0)
-    rows = ["image,level"]
-    for i in range(16):
-        img = rng.integers(0, 80, (32, 32, 3), dtype=np.uint8)
-        level = i % 5
-        if level:
-            img[10:14, 10:14, 0] = 255  # a "lesion"
-        Image.fromarray(img).save(aux / f"a{i}.png")
-        rows.append(f"a{i}.png,{level}")
-    (aux / "labels.csv").write_text("\n".join(rows) + "\n")
+    aux = make_aux(tmp_path / "aux")
     rd = tmp_path / "run"
     assert main(run_args(tiny_dataset, rd, "ce", "--pretrain", str(aux), "--pretrain-epochs", "1")) == 0
     pre = torch.load(rd / "pretrain.pt", weights_only=True)

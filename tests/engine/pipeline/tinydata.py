@@ -69,3 +69,20 @@ def run_args(dataset: Path, out: Path, method: str = "ce", *extra: str) -> list[
             "--backbone", "test_resnet", "--image-size", str(SIZE), "--epochs", "3", "--warmup-epochs", "1",
             "--batch-size", "8", "--lr", "0.05", "--lr-milestones", "", "--meta", "6", "--test", "6",
             "--cache-dir", str(dataset.parent / "cache"), *extra]
+
+
+def make_aux(root: Path, n: int = 16, seed: int = 0) -> Path:
+    """A tiny DR-like auxiliary dataset for `--pretrain`: `labels.csv` (image, level 0-4), a bright "lesion" when
+    level > 0."""
+    rng = np.random.default_rng(seed)
+    root.mkdir(parents=True, exist_ok=True)
+    rows = ["image,level"]
+    for i in range(n):
+        img = rng.integers(0, 80, (SIZE, SIZE, 3), dtype=np.uint8)
+        level = i % 5
+        if level:
+            img[10:14, 10:14, 0] = 255
+        Image.fromarray(img).save(root / f"a{i}.png")
+        rows.append(f"a{i}.png,{level}")
+    (root / "labels.csv").write_text("\n".join(rows) + "\n")
+    return root
