@@ -269,13 +269,13 @@ def summarise(rows: list[dict], setup: Setup, seeds: list[int]) -> dict:
 
 def markdown(rows: list[dict], setup: Setup, seeds: list[int]) -> str:
     s = summarise(rows, setup, seeds)
-    lines = ["| ordering | reviewed | label recovery % | Δ vs first run | Δ vs control | test accuracy % | "
-             "Δ vs first run | Δ vs control | export accuracy % |", "|---|---|---|---|---|---|---|---|---|"]
+    lines = ["| ordering | round | reviewed | label recovery % | Δ vs first run | Δ vs control | test accuracy % | "
+             "Δ vs first run | Δ vs control | export accuracy % |", "|---|---|---|---|---|---|---|---|---|---|"]
     for o in CHAINS:
         for rnd in range(setup.rounds + 1):
             c = s[(o, rnd)]
             reviewed = 0 if o == CONTROL else rnd * setup.round_frac
-            lines.append(f"| {o} | {100 * reviewed:.0f} % | {_ms(c['recovery'])} | {_ms(c['d_recovery'])} | "
+            lines.append(f"| {o} | {rnd} | {100 * reviewed:.0f} % | {_ms(c['recovery'])} | {_ms(c['d_recovery'])} | "
                          f"{_ms(c['r_recovery'])} | {_ms(c['test_acc'])} | {_ms(c['d_test'])} | {_ms(c['r_test'])} | "
                          f"{_ms(c['export_acc'])} |")
     lines.append("")
@@ -296,11 +296,15 @@ def markdown(rows: list[dict], setup: Setup, seeds: list[int]) -> str:
         gain = {o: np.mean(s[(o, k)][f"{key}_recovery"]) for o in ORDERINGS}
         test = {o: np.mean(s[(o, k)][f"{key}_test"]) for o in ORDERINGS}
         ratio = gain["active"] / gain["random"] if gain["random"] > 0 else float("nan")
+        per_seed = [a / r if r > 0 else float("nan")
+                    for a, r in zip(s[("active", k)][f"{key}_recovery"], s[("random", k)][f"{key}_recovery"], strict=True)]
+        test_up = sum(t > 0 for t in s[("active", k)][f"{key}_test"])
         lines.append(f"After {100 * k * setup.round_frac:.0f} % reviewed, {what}: recovery active "
                      f"{100 * gain['active']:+.1f} pts, flag_score {100 * gain['flag_score']:+.1f}, random "
-                     f"{100 * gain['random']:+.1f} (active / random = {ratio:.1f}×); test accuracy active "
-                     f"{100 * test['active']:+.1f}, flag_score {100 * test['flag_score']:+.1f}, random "
-                     f"{100 * test['random']:+.1f}.")
+                     f"{100 * gain['random']:+.1f} (active / random = {ratio:.1f}× on the means; per seed "
+                     f"{', '.join(f'{x:.1f}×' for x in per_seed)}); test accuracy active "
+                     f"{100 * test['active']:+.1f} (up on {test_up}/{len(per_seed)} seeds), flag_score "
+                     f"{100 * test['flag_score']:+.1f}, random {100 * test['random']:+.1f}.")
     prec = [r["precision"] for r in warm if r["precision"]["reviewed_flagged"]]
     if prec:
         lines.append("Flag precision on the reviewed flagged images (realised vs predicted, per ordering, all rounds): " +

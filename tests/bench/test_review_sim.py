@@ -58,8 +58,9 @@ def test_retrains_hold_the_reviewed_truth_and_orderings_differ(quick):
 
 def test_table_and_plot(quick):
     out, _, table = quick
-    assert table.startswith("Review simulation,") and "| ordering | reviewed | label recovery %" in table
-    assert "Retrain cost (`--from-run`)" in table and "active / random" in table and "| control | 0 % |" in table
+    assert table.startswith("Review simulation,") and "| ordering | round | reviewed | label recovery %" in table
+    assert "Retrain cost (`--from-run`)" in table and "active / random" in table and "| control | 1 | 0 % |" in table
+    assert "| active | 1 | 5 % |" in table and "per seed" in table
     assert "vs the no-review control" in table
     png = (out / "review_sim.png").read_bytes()
     assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 10_000
