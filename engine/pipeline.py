@@ -427,13 +427,11 @@ def _make_ctx(cfg: RunConfig, model, num_classes: int, train: TensorData, meta: 
               ) -> TrainContext:
     """A TrainContext with the run's schedule (epochs, warm-up and milestones may differ: cross-fitting folds)."""
     from engine.models import normalisation
-    from engine.warmstart import full_lr
 
     mean, std = normalisation(model)
     sch = cfg.schedule
     return TrainContext(model, num_classes, train, meta, mean, std, device=device, batch_size=sch.batch_size,
                         seed=cfg.runtime.seed + seed_offset, epochs=epochs, warmup_epochs=warmup_epochs, lr=sch.lr,
-                        base_lr=full_lr(cfg),
                         milestones=milestones, lr_schedule=sch.lr_schedule, momentum=sch.momentum,
                         weight_decay=sch.weight_decay, amp=cfg.runtime.amp, max_steps=cfg.runtime.max_steps, test=test)
 

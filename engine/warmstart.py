@@ -83,17 +83,6 @@ def warm_schedule(schedule: dict) -> dict:
             "momentum": schedule["momentum"], "weight_decay": schedule["weight_decay"]}
 
 
-def full_lr(cfg) -> float:
-    """The learning rate of the run's full schedule: OLD's base schedule's in a warm run (its own lr is
-    WARM_LR_FACTOR × that), else the run's. `meta-finetune` fine-tunes on the meta set at a multiple of it, so a
-    retrain corrects what the noisy labels taught as strongly as the first run did (at the warm lr, no-review
-    retrains lost 1.5–3.5 test points on two of three review-simulation seeds; bench/RESULTS.md)."""
-    if not cfg.review.from_run:
-        return float(cfg.schedule.lr)
-    lr = base_schedule(old_config(cfg.review.from_run)).get("lr")
-    return float(lr) if lr is not None else float(cfg.schedule.lr)
-
-
 def inherited_sections(from_run: str | Path) -> dict:
     """OLD's settings as config sections (the CLI's base, under --config and command-line flags): every section but
     `schedule` (made by `with_warm_defaults`) and `review`; data.roles = OLD's roles.csv. Keys this version no longer

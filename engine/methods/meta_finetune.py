@@ -3,8 +3,7 @@
 The simplest way to use a small clean set, and a strong one (Hendrycks et al. 2018 use it as their baseline): the
 noisy majority labels teach the network what the images look like, the meta set corrects what the noise taught it
 about where the classes lie. The main phase continues cross-entropy on the majority labels; after its last epoch the
-whole network takes `passes` passes over the meta set at `lr_factor` × the base learning rate (of the full schedule:
-a warm retrain, which trains at a fraction of it, fine-tunes as strongly as the first run did). Only that final model
+whole network takes `passes` passes over the meta set at `lr_factor` × the base learning rate. Only that final model
 is selectable (besides the warm-up's last epoch), since any earlier one has not been fine-tuned. Its meta accuracy
 is measured on images it trained on: the cross-fitted estimate in metrics.json (`meta_acc_oos`) is the honest one.
 """
@@ -23,8 +22,7 @@ from engine.train.steps import ce_epoch, hard_label_step
 @dataclass(frozen=True)
 class MetaFinetuneConfig:
     passes: int = param(10, "passes over the meta set after the cross-entropy phase")
-    lr_factor: float = param(0.1, "fine-tuning learning rate as a multiple of the base learning rate (a warm "
-                             "retrain's: of the first run's)")
+    lr_factor: float = param(0.1, "fine-tuning learning rate as a multiple of the base learning rate")
 
 
 def finetune_on_meta(ctx: TrainContext, model: torch.nn.Module, *, passes: int, lr: float, seed_offset: int = 0) -> None:
@@ -56,7 +54,7 @@ class MetaFinetune(Method):
         stats = ce_epoch(self.ctx, epoch, stage="main")
         self.done = epoch == self.ctx.epochs - 1
         if self.done:
-            finetune_on_meta(self.ctx, self.ctx.model, passes=self.cfg.passes, lr=self.ctx.full_lr * self.cfg.lr_factor)
+            finetune_on_meta(self.ctx, self.ctx.model, passes=self.cfg.passes, lr=self.ctx.lr * self.cfg.lr_factor)
         return stats
 
     def selectable(self) -> bool:

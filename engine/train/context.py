@@ -86,9 +86,6 @@ class TrainContext:
     epochs: int = 30
     warmup_epochs: int = 10
     lr: float = 1e-3
-    # the learning rate of the run's full schedule, when `lr` is a fraction of it (a warm retrain, engine/warmstart.py);
-    # None = `lr`. Stages whose strength is defined against the full schedule use it (`full_lr`).
-    base_lr: float | None = None
     milestones: tuple[int, ...] = (10, 20)
     lr_schedule: str = "step"  # step: ÷10 at each milestone; cosine: lr·(1 + cos(π·epoch/epochs))/2
     momentum: float = 0.9
@@ -115,11 +112,6 @@ class TrainContext:
             self.optimizer = self.make_sgd(self.model)
 
     # --- optimisation -------------------------------------------------------------------------------------
-    @property
-    def full_lr(self) -> float:
-        """The full schedule's learning rate (`base_lr`, else `lr`)."""
-        return self.lr if self.base_lr is None else self.base_lr
-
     def make_sgd(self, model: nn.Module) -> torch.optim.SGD:
         return torch.optim.SGD(model.parameters(), lr=self.lr, momentum=self.momentum,
                                weight_decay=self.weight_decay)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import replace
 
 import numpy as np
 import pandas as pd
@@ -75,24 +74,6 @@ def test_retrain_inherits_settings_and_shortens_the_schedule(loop):
     assert s_new["epochs"] == math.ceil(WARM_EPOCH_FRACTION * s_old["epochs"]) and s_new["warmup_epochs"] == 0
     assert s_new["lr"] == pytest.approx(WARM_LR_FACTOR * s_old["lr"]) and s_new["lr_schedule"] == "cosine"
     assert new["warm_start"]["base_schedule"] == s_old  # a retrain of this retrain shortens the first schedule
-
-
-def test_a_retrain_keeps_the_full_schedules_learning_rate_for_its_fine_tune(loop):
-    """ctx.base_lr of a warm run (what `meta-finetune` fine-tunes at a multiple of) is the first run's lr, also for a
-    retrain of a retrain; a first run's is its own."""
-    from engine.config import GROUPS, RunConfig
-    from engine.warmstart import full_lr
-
-    def config(run) -> RunConfig:  # config.json's settings (it also records versions, classes, device, ...)
-        d = json.loads((run / "config.json").read_text())
-        return RunConfig.from_dict({k: v for k, v in d.items() if k in GROUPS or k == "method_params"})
-
-    old, new = config(loop["old"]), config(loop["new"])
-    assert new.schedule.lr == pytest.approx(WARM_LR_FACTOR * old.schedule.lr)
-    assert full_lr(new) == pytest.approx(old.schedule.lr)
-    assert full_lr(old) == pytest.approx(old.schedule.lr)
-    chained = replace(new, review=replace(new.review, from_run=str(loop["new"])))  # OLD = a retrain itself
-    assert full_lr(chained) == pytest.approx(old.schedule.lr)
 
 
 def test_folds_warm_start_on_the_same_images(loop):
