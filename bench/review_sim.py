@@ -19,7 +19,7 @@ p:<class>; verified images are one-hot on the reviewed label) is the truth; test
 the export's accuracy (reviewed label, else the experts' majority); the realised precision of the reviewed flagged
 images vs the predicted one (engine/flag_precision.py); wall time of each run (the retrain cost ratio).
 
-    .venv/bin/python -m bench.review_sim                 # 3 seeds, 4 rounds, ~30 min on 2 CPU cores
+    .venv/bin/python -m bench.review_sim                 # 3 seeds, 4 rounds, 12–18 min on 2 CPU cores
     .venv/bin/python -m bench.review_sim --quick         # smoke test (CI): 1 seed, 2 rounds, tiny data
 """
 

@@ -13,7 +13,8 @@ estimate is unsure of are the ones where the network's view and the experts' vot
 ties), so a verified label there teaches the retrained network and re-anchors the experts' confusion matrices
 most (uncertainty sampling). A weight on the training target (P(majority wrong), as in `flag_score`) was measured
 and left out: ½ label + ½ target raised label recovery after 10 % reviewed 1.6× as much as random reviews did,
-this rule about twice as much (bench/RESULTS.md, "Review simulation"). Ordering by `flag_score` instead finds the
+this rule about twice as much (measured while developing it, on an earlier version of bench/review_sim.py that
+trained `ce`; this rule's current numbers: bench/RESULTS.md, "Issue 13"). Ordering by `flag_score` instead finds the
 wrong majority labels first, which the export keeps until someone reviews them: choose it when the export matters
 more than the labels and the model.
 

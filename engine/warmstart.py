@@ -32,7 +32,8 @@ from engine.errors import InputError, Problem
 # learning rate, two warm retrains *without* any review moved the label recovery of the review benchmark (seed 2) by
 # +8 and −9 points (the fold networks wander off and are re-selected on a few meta images); at 0.1 × by +9 and −0.3 (the
 # first retrain re-selects the folds once), at 0.03 × the same — so 0.1 × still learns from the reviews and keeps
-# a retrain's changes theirs (bench/RESULTS.md, "Review simulation").
+# a retrain's changes theirs (measured while developing it, on an earlier version of bench/review_sim.py that trained
+# `ce`; the current cost and effect: bench/RESULTS.md, "Issue 13").
 WARM_EPOCH_FRACTION = 0.25
 WARM_LR_FACTOR = 0.1
 NOT_INHERITED = {"runtime": ("out", "resume")}  # never taken from OLD (review and schedule are not inherited at all)
