@@ -153,6 +153,18 @@ def heading(pg) -> str:
     return pg.locator("h4").first.inner_text().strip()
 
 
+def new_runs(workspace: Path, known: tuple[Path, ...], timeout: float = 60.0) -> list[Path]:
+    """The runs in the job registry other than `known`, once there is at least one (the app registers a job a moment
+    after the click's script run, which `idle` may not wait for); [] after `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        with sqlite3.connect(workspace / "review.db") as conn:
+            runs = [Path(r[0]) for r in conn.execute("SELECT run_dir FROM runs") if Path(r[0]) not in known]
+        if runs or time.monotonic() > deadline:
+            return runs
+        time.sleep(0.5)
+
+
 def wait_state(run_dir: Path, states: tuple[str, ...], timeout: float) -> dict:
     """status.json once its state is one of `states` (or the last one read when the time is up)."""
     deadline, status = time.monotonic() + timeout, {}
@@ -302,10 +314,9 @@ def _flow(pg, url: str, workspace: Path, tmp_path: Path) -> None:
     # 6. Retrain with the 3 reviews: a warm-started run; its labels.csv marks them verified; before -> after
     pg.get_by_role("button", name="Retrain with my 3 reviews").click()
     idle(pg)
-    with sqlite3.connect(workspace / "review.db") as conn:
-        new_runs = [Path(r[0]) for r in conn.execute("SELECT run_dir FROM runs") if Path(r[0]) != run_dir]
-    assert len(new_runs) == 1
-    new_dir = new_runs[0]
+    retrains = new_runs(workspace, (run_dir,))
+    assert len(retrains) == 1
+    new_dir = retrains[0]
     deadline = time.monotonic() + TRAIN_TIMEOUT_S
     status = {}
     while time.monotonic() < deadline:
@@ -356,16 +367,15 @@ def _flow(pg, url: str, workspace: Path, tmp_path: Path) -> None:
         box.press("Tab")
     pg.get_by_role("button", name="Launch training").click()
     idle(pg)
-    with sqlite3.connect(workspace / "review.db") as conn:
-        (second_run,) = [Path(r[0]) for r in conn.execute("SELECT run_dir FROM runs")
-                         if Path(r[0]) not in (run_dir, new_dir)]  # new_dir: the retrain of step 6
+    (second_run,) = new_runs(workspace, (run_dir, new_dir))  # new_dir: the retrain of step 6
     assert wait_state(second_run, ("running",), 120).get("stage") in ("setup", "warmup", "main")
     pg.reload()
     pg.get_by_text(second_run.name).first.wait_for(timeout=60_000)
     idle(pg)
-    title = pg.locator('[data-testid="stMarkdownContainer"]', has_text=f"{second_run.name} · mslg").first
+    method = config["runtime"]["method"]  # the panel's title reads "<run> · <method> · <state>"
+    title = pg.locator('[data-testid="stMarkdownContainer"]', has_text=f"{second_run.name} · {method}").first
     assert "running" in title.inner_text()  # the panel's title: the running run, not the finished one
-    assert pg.locator('[data-testid="stMarkdownContainer"]', has_text=f"{run_dir.name} · mslg").count() == 0
+    assert pg.locator('[data-testid="stMarkdownContainer"]', has_text=f"{run_dir.name} · {method}").count() == 0
     pg.get_by_role("button", name="Cancel run").click()
     assert wait_state(second_run, ("cancelled", "done", "failed"), 120).get("state") in ("cancelled", "done")
     idle(pg)
