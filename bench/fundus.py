@@ -21,6 +21,8 @@ Every generator hits its rate exactly up to rounding.
 
 from __future__ import annotations
 
+import os
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -66,16 +68,22 @@ def render_set(n: int, seed: int, size: int) -> tuple[np.ndarray, np.ndarray]:
     """(N, size, size, 3) uint8 images and (N,) severities; cached on disk (deterministic in n, seed, size)."""
     path = CACHE / f"fundus_n{n}_s{seed}_px{size}.npz"
     if path.is_file():
-        with np.load(path) as z:
-            return z["images"], z["severity"]
+        try:
+            with np.load(path) as z:
+                return z["images"], z["severity"]
+        except (OSError, ValueError, EOFError, KeyError, zipfile.BadZipFile):  # e.g. emptied by a machine crash
+            path.unlink(missing_ok=True)
     rng = np.random.default_rng([seed, 100])
     severity = severity_from_uniform(rng.uniform(size=n))
     left = rng.random(n) < 0.5
     images = np.stack([render_fundus(np.random.default_rng([seed, 101, i]), size, severity=float(severity[i]),
                                      left_eye=bool(left[i])) for i in range(n)])
     CACHE.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp.npz")
-    np.savez(tmp, images=images, severity=severity)
+    tmp = path.with_suffix(f".{os.getpid()}.tmp.npz")  # one per process: parallel workers may render the same set
+    with open(tmp, "wb") as fh:
+        np.savez(fh, images=images, severity=severity)
+        fh.flush()
+        os.fsync(fh.fileno())  # durable before the rename, so a crash cannot leave an empty cache file
     tmp.replace(path)
     return images, severity
 

@@ -516,12 +516,13 @@ def main(argv=None) -> int:
     p.add_argument("--dump", default="", help="save each cell's estimator inputs here (.npz)")
     p.add_argument("--experts", default=Setup.experts, choices=("correlated", "independent", "none"))
     p.add_argument("--workers", type=int, default=min(2, os.cpu_count() or 1))
-    p.add_argument("--quick", action="store_true", help="one small panel cell, 3 epochs: a smoke test of every row")
+    p.add_argument("--quick", action="store_true", help="one small panel cell (600 images at 32 px, 2 epochs): a "
+                   "smoke test of every row, run in CI")
     p.add_argument("--json", default=None, help="write raw results here (default bench/out/label_bench_<date>.json)")
     p.add_argument("--results", default=None, help="write the Markdown tables to this file")
     a = p.parse_args(argv)
     if a.quick:
-        a.scenarios, a.seeds, a.n, a.epochs = ["panel-30"], [0], 600, 3
+        a.scenarios, a.seeds, a.n, a.size, a.epochs = ["panel-30"], [0], 600, 32, 2
     setup = Setup(n=a.n, size=a.size, arch=a.arch, epochs=a.epochs, folds=a.folds, targets=a.targets, recipe=a.recipe,
                   fold_budget=a.fold_budget, dump=a.dump, experts=a.experts)
     rows = tuple(a.rows) if a.rows else None

@@ -156,13 +156,15 @@ def refresh(run_dir: Path | str, decisions: dict[str, str] | None = None) -> Ref
     for i, img in enumerate(images):
         if decisions and img in decisions and decisions[img] in index:
             known[i] = index[decisions[img]]
-    experts = ((metrics.get("estimator") or {}).get("experts") or {}).get("mode", "correlated")
+    estimator = metrics.get("estimator") or {}
+    experts = (estimator.get("experts") or {}).get("mode", "correlated")
     experts = OLD_EXPERT_MODES.get(experts, experts)
     missing = np.isnan(q).any(1)
-    # prior.csv is already calibrated (T = 1 here); the run's own expert model, so the refresh agrees with its estimate
+    # prior.csv is already calibrated (T = 1 here); the run's own expert model and confusion fit, so the refresh
+    # agrees with the run's estimate
     est = label_estimate(np.where(missing[:, None], 1.0 / len(classes), q), votes_matrix(labels[S.VOTES], classes),
                          known=known, calibrate=False, calibration_rows=np.zeros(len(images), bool), experts=experts,
-                         has_probs=~missing)
+                         confusions=estimator.get("confusion_fit", "em"), has_probs=~missing)
     has = known >= 0
     ordinal = bool(metrics.get("ordinal", False))
     return Refreshed(images, est.posterior, has, np.where(has, 0.0, flag_scores(est.posterior, majority)),

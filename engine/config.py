@@ -96,6 +96,9 @@ class EstimateConfig:
                       "so experts who err together on hard images are not counted twice), independent (a confusion "
                       "matrix per expert, Dawid-Skene), none (model only)", choices=("correlated", "independent",
                                                                                       "none"))
+    confusions: str = _f("em", "how each expert's confusion matrix is fitted: em (Dawid-Skene) or moments (measured "
+                         "once against the calibrated model; for one grader per image, where EM tends to trust every "
+                         "vote - see bench/RESULTS.md, issue 9)", choices=("em", "moments"))
 
 
 @dataclass(frozen=True)

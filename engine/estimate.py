@@ -131,8 +131,8 @@ def _posterior(log_prior: np.ndarray, onehot: np.ndarray, confusions: np.ndarray
 def estimate_labels(pred_probs: np.ndarray | None, votes: np.ndarray, *, known: np.ndarray | None = None,
                     has_probs: np.ndarray | None = None, temperature: float | None = None,
                     calibration_rows: np.ndarray | None = None, diag_prior: float = 2.0, off_prior: float = 1.0,
-                    pattern_strength: float | None = None, init: str = "votes", max_iter: int = 100,
-                    tol: float = 1e-6) -> Estimate:
+                    pattern_strength: float | None = None, init: str = "votes", confusion_fit: str = "em",
+                    max_iter: int = 100, tol: float = 1e-6) -> Estimate:
     """Posterior over the true class of every image from model probabilities, expert votes and known labels.
 
     pred_probs (N, K) out-of-sample probabilities or None (votes only: classic Dawid–Skene with a uniform prior);
@@ -143,6 +143,12 @@ def estimate_labels(pred_probs: np.ndarray | None, votes: np.ndarray, *, known: 
     `pattern_strength` s: when given, the experts' votes on an image are scored as one pattern (see
     `pattern_likelihood`), so errors the experts make together on hard images are not counted as independent
     evidence; None = the classic product of independent confusions.
+    `confusion_fit`: `em` (Dawid–Skene) or `moments`: π_e[k, v] ∝ Σ_i q_ik [v_ie = v] over the rows without a known
+    label (the experts measured once against the calibrated model), then one E-step with independent experts.
+    With one vote per image π is not identifiable from the votes: a model trained on those votes already predicts
+    them, so EM tends to explain each vote by an expert who is always right (π ≈ I) and the vote wins every
+    disagreement; `moments` is unbiased when the model is calibrated for the truth and underrates the expert when
+    it is not (bench/RESULTS.md, issue 9: neither wins every single-expert scenario, so `em` stays the default).
     """
     votes = np.asarray(votes, int)
     n = votes.shape[0]
@@ -168,6 +174,13 @@ def estimate_labels(pred_probs: np.ndarray | None, votes: np.ndarray, *, known: 
     prior = prior_now()
     log_prior = np.log(np.clip(prior, EPS, 1.0))
     onehot = _vote_onehot(votes, k)
+    if confusion_fit not in CONFUSION_FITS:
+        raise ValueError(f"confusion_fit must be one of {CONFUSION_FITS}, got {confusion_fit!r}")
+    if confusion_fit == "moments":
+        measured = has_probs & (known < 0)  # the meta rows were chosen because their votes agree: not a measurement
+        conf = expert_confusions(np.where(measured[:, None], prior, 0.0), onehot, diag_prior=diag_prior,
+                                 off_prior=off_prior)
+        return Estimate(_posterior(log_prior, onehot, conf, known), prior, conf, float(temperature), 1)
     if init == "prior" and has_probs.any():  # the first confusions measure the experts against the model's view
         post = prior.copy()
     else:  # the vote shares times the prior (a soft majority vote that the image can tip)
@@ -197,11 +210,12 @@ def estimate_labels(pred_probs: np.ndarray | None, votes: np.ndarray, *, known: 
 
 
 EXPERT_MODES = ("correlated", "independent", "none")
+CONFUSION_FITS = ("em", "moments")
 PATTERN_STRENGTH = 30.0  # pseudo-images per class pulling the vote-pattern likelihood toward independent experts
 
 
 def label_estimate(prior: np.ndarray, votes: np.ndarray, *, known: np.ndarray, calibrate: bool,
-                   calibration_rows: np.ndarray, experts: str = "correlated",
+                   calibration_rows: np.ndarray, experts: str = "correlated", confusions: str = "em",
                    has_probs: np.ndarray | None = None) -> Estimate:
     """The product's estimate (what `engine run` and the benchmark both call).
 
@@ -209,6 +223,7 @@ def label_estimate(prior: np.ndarray, votes: np.ndarray, *, known: np.ndarray, c
     calibrate: fit the temperature on `calibration_rows` (else T = 1); experts: `correlated` scores each image's
     vote pattern as one observation (`pattern_likelihood`; with a single expert it is the confusion matrix),
     `independent` multiplies the experts' confusion matrices (classic Dawid–Skene), `none` ignores the votes;
+    confusions: how the experts' confusion matrices are fitted (`em` or `moments`, see `estimate_labels`);
     has_probs (N,) bool: the rows whose prior is a real model probability (default: all; see `estimate_labels`).
     EM starts from the vote shares times the prior (classic Dawid–Skene): starting from the model's view alone would
     leave EM at "nothing is known" whenever the model is uninformative (its temperature then flattens it).
@@ -220,7 +235,7 @@ def label_estimate(prior: np.ndarray, votes: np.ndarray, *, known: np.ndarray, c
         votes = np.full((len(prior), 1), -1)
     strength = PATTERN_STRENGTH if experts == "correlated" and votes.shape[1] > 1 else None
     return estimate_labels(prior, votes, known=known, has_probs=has_probs, temperature=None if calibrate else 1.0,
-                           calibration_rows=calibration_rows, pattern_strength=strength)
+                           calibration_rows=calibration_rows, pattern_strength=strength, confusion_fit=confusions)
 
 
 # ---------------------------------------------------------------------------------------------------------------

@@ -552,8 +552,10 @@ def _estimate(cfg: RunConfig, rd: R.RunDir, data: PreparedData, result: dict, pi
     known[verified >= 0] = verified[verified >= 0]  # reviewed labels are held fixed and anchor the confusions
     calibrate = est.calibration == "temperature" and est.folds >= 2  # meta probabilities are out-of-sample
     e = label_estimate(prior, data.votes, known=known, calibrate=calibrate,
-                       calibration_rows=np.isin(np.arange(n), meta_rows), experts=est.experts)
+                       calibration_rows=np.isin(np.arange(n), meta_rows), experts=est.experts,
+                       confusions=est.confusions)
     info.update(temperature=e.temperature, calibrated=calibrate, em_iterations=e.iterations,
+                confusion_fit=est.confusions,
                 experts={"mode": est.experts, "confusions": {name: np.round(e.confusions[j], 4).tolist()
                                                              for j, name in enumerate(_expert_names(cfg, data))}
                          if est.experts != "none" else {}})

@@ -104,3 +104,18 @@ def test_panel_reaches_requested_majority_rate(digits, rate):
     assert len({round(r, 3) for r in out["expert_rates"]}) == 3
     again = expert_panel(s.train_y, rate, proba, seed=0)
     assert np.array_equal(again["votes"], out["votes"])
+
+
+def test_a_damaged_image_cache_file_is_rendered_again(tmp_path, monkeypatch):
+    """A cache file emptied by a crash (seen after a machine restart) must not break every later run."""
+    from bench import fundus
+
+    monkeypatch.setattr(fundus, "CACHE", tmp_path)
+    fresh_images, fresh_severity = fundus.render_set(6, 0, 16)
+    path = tmp_path / "fundus_n6_s0_px16.npz"
+    assert path.is_file() and not list(tmp_path.glob("*.tmp.npz"))
+    path.write_bytes(b"")
+    images, severity = fundus.render_set(6, 0, 16)
+    np.testing.assert_array_equal(images, fresh_images)
+    np.testing.assert_array_equal(severity, fresh_severity)
+    assert path.stat().st_size > 0  # written again

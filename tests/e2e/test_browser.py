@@ -230,7 +230,7 @@ def _flow(pg, url: str, workspace: Path, tmp_path: Path) -> None:
     assert len(roles_files) == 1
     shot(pg, "meta", tmp_path)
 
-    # 3. Train: a tiny mslg run through the form, watched until it is done
+    # 3. Train: a tiny run of the default method through the form, watched until it is done
     nav(pg, "3 · Train")
     pg.get_by_text("Uses your saved meta set").wait_for()
     pg.get_by_role("button", name="Launch training").wait_for(timeout=120_000)  # the method list comes from the CLI

@@ -165,3 +165,32 @@ def test_with_one_expert_the_modes_agree():
     np.testing.assert_allclose(a.posterior, b.posterior)
     with pytest.raises(ValueError, match="experts must be one of"):
         label_estimate(prior, votes, known=known, calibrate=False, calibration_rows=known >= 0, experts="bogus")
+
+
+def test_one_grader_with_a_prior_learnt_from_the_votes_em_trusts_every_vote_moments_do_not():
+    """One vote per image: a network trained on those votes predicts P(vote | image), so EM explains each vote by an
+    expert who is always right; fitting the expert once against the model (moments) keeps the model's evidence."""
+    rng = np.random.default_rng(0)
+    n, k = 3000, 3
+    truth = rng.integers(0, k, n)
+    pi = np.full((k, k), 0.2) + np.eye(k) * 0.4  # right 60 % of the time, otherwise uniform
+    votes = np.array([[rng.choice(k, p=pi[t])] for t in truth])
+    sharp = np.full((n, k), 0.05)
+    sharp[np.arange(n), truth] = 0.9
+    prior = sharp @ pi
+    really_wrong = int((votes[:, 0] != truth).sum())
+    em = estimate_labels(prior, votes, temperature=1.0, confusion_fit="em")
+    mo = estimate_labels(prior, votes, temperature=1.0, confusion_fit="moments")
+    assert np.diag(em.confusions[0]).min() > 0.9
+    assert (em.posterior.argmax(1) == truth).mean() < 0.65
+    assert flag_scores(em.posterior, votes[:, 0]).sum() < 0.1 * really_wrong
+    assert (mo.posterior.argmax(1) == truth).mean() > 0.95
+    assert 0.8 * really_wrong < flag_scores(mo.posterior, votes[:, 0]).sum() < 1.3 * really_wrong
+    # the meta rows agree by selection: adding them changes nothing in the moments fit
+    known = np.r_[np.full(n, -1), np.arange(30) % k]
+    with_meta = estimate_labels(np.r_[prior, np.eye(k)[known[n:]]], np.r_[votes, known[n:, None]], known=known,
+                                temperature=1.0, confusion_fit="moments")
+    np.testing.assert_allclose(with_meta.confusions, mo.confusions)
+    np.testing.assert_array_equal(with_meta.posterior[n:], np.eye(k)[known[n:]])
+    with pytest.raises(ValueError, match="confusion_fit must be one of"):
+        estimate_labels(prior, votes, temperature=1.0, confusion_fit="bogus")

@@ -119,6 +119,15 @@ def test_refresh_reproduces_the_run_and_holds_decisions(loop):
     assert not np.allclose(later.posterior, same.posterior)
 
 
+def test_refresh_uses_the_runs_confusion_fit(tiny_dataset, tmp_path):
+    """A run estimated with --confusions moments is refreshed with moments too (EM would give other posteriors)."""
+    run = tmp_path / "moments"
+    assert cli.main(run_args(tiny_dataset, run, "ce", "--confusions", "moments")) == 0
+    labels = _labels(run)
+    same = refresh(run)
+    assert np.allclose(same.posterior, labels[[S.prob_col(c) for c in CLASSES]].to_numpy(float), atol=1e-4)
+
+
 def test_metrics_command_shows_before_and_after(loop, capsys):
     assert cli.main(["metrics", str(loop["new"]), "--json"]) == 0
     data = json.loads(capsys.readouterr().out)

@@ -54,6 +54,9 @@ def test_metrics_config_status_model(runs, method):
     assert metrics["best_epoch"] >= 1  # the last warm-up epoch (1 here) or a main-phase epoch
     assert metrics["meta_acc"] == max(h["meta_acc"] for h in metrics["history"]
                                       if h["stage"] == "main" or h["epoch"] == 0)
+    est = metrics["estimator"]  # the label-estimation stage ran, cross-fitted, with the default expert model
+    assert est["folds"] == 2 and len(est["fold_seconds"]) == 2 and est["cost_ratio"] > 0
+    assert est["confusion_fit"] == "em" and est["experts"]["mode"] == "correlated"
     config = json.loads((rd / "config.json").read_text())
     assert config["runtime"]["method"] == method and config["versions"]["torch"] == torch.__version__
     assert config["classes"] == CLASSES
@@ -80,3 +83,14 @@ def test_no_patient_fields_in_any_output(runs):
         for f in rd.iterdir():
             data = f.read_bytes()
             assert b"SECRET" not in data and b"ID-12345" not in data, f
+
+
+def test_confusions_option_reaches_the_estimate(tiny_dataset, tmp_path, runs):
+    """--confusions moments is recorded and changes the experts' confusion matrices (same data, same folds)."""
+    rd = tmp_path / "moments"
+    assert main(run_args(tiny_dataset, rd, "ce", "--confusions", "moments")) == 0
+    got = json.loads((rd / "metrics.json").read_text())["estimator"]
+    base = json.loads((runs["ce"] / "metrics.json").read_text())["estimator"]
+    assert got["confusion_fit"] == "moments" and got["em_iterations"] == 1
+    assert json.loads((rd / "config.json").read_text())["estimate"]["confusions"] == "moments"
+    assert got["experts"]["confusions"] != base["experts"]["confusions"]
