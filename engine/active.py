@@ -38,8 +38,6 @@ from engine import atomic
 from engine.data import schema as S
 from engine.rundir import RunDir
 
-# runs written before the estimator's expert modes were renamed said "confusion" for independent experts
-OLD_EXPERT_MODES = {"confusion": "independent"}
 ORDERINGS = ("value", "flag_score", "random")
 ORDERING_TEXT = {"value": "expected value of a review", "flag_score": "flag score (P(majority wrong))",
                  "random": "random (for audits)"}
@@ -158,7 +156,6 @@ def refresh(run_dir: Path | str, decisions: dict[str, str] | None = None) -> Ref
             known[i] = index[decisions[img]]
     estimator = metrics.get("estimator") or {}
     experts = (estimator.get("experts") or {}).get("mode", "correlated")
-    experts = OLD_EXPERT_MODES.get(experts, experts)
     missing = np.isnan(q).any(1)
     # prior.csv is already calibrated (T = 1 here); the run's own expert model and confusion fit, so the refresh
     # agrees with the run's estimate
