@@ -86,6 +86,16 @@ def launch(*, dataset: Path, run_dir: Path, method: str, options: list[str], for
     return proc.pid
 
 
+def gpu_count() -> int:
+    """GPUs visible on this machine (asked once per session: `nvidia-smi` is not free); a run on several of them
+    is launched with `--nproc N`, which starts torchrun."""
+    if "_gpu_count" not in st.session_state:
+        from engine.launch import visible_gpus
+
+        st.session_state["_gpu_count"] = visible_gpus()
+    return int(st.session_state["_gpu_count"])
+
+
 def job_environment(running: int) -> dict[str, str]:
     """A training job's environment: the repository on PYTHONPATH, unbuffered output, and OMP_NUM_THREADS (the
     engine's torch threads) = the CPUs this app may use (affinity mask, container quota) shared among the `running`

@@ -63,11 +63,20 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     first = next((a for a in argv if not a.startswith("-")), None)
     args = build_parser(first if first in COMMANDS else None).parse_args(argv)
+    args._argv = argv  # `run --nproc N` hands the same arguments to torchrun
     try:
         return int(args._run(args) or 0)
     except InputError as err:
-        print_problems(err)
+        if _first_process():  # the other processes of a distributed run hold the same problems: printed once
+            print_problems(err)
         return EXIT_BAD_INPUT
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+
+
+def _first_process() -> bool:
+    """False in the processes of a torchrun job other than process 0 (RANK is torchrun's)."""
+    import os
+
+    return os.environ.get("RANK", "0") in ("", "0")

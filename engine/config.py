@@ -111,6 +111,10 @@ class RuntimeConfig:
     amp: bool = _f(True, "mixed precision on CUDA (ignored on CPU)")
     resume: bool = _f(False, "continue an interrupted run in --out from its last checkpoint")
     max_steps: int = _f(0, "stop each epoch after this many steps (0 = full epochs); for smoke tests")
+    nproc: int = _f(1, "training processes on this machine (one per GPU, or CPU processes): more than 1 starts "
+                    "torchrun with DistributedDataParallel; --batch-size stays the global batch (README: several GPUs)")
+    dist_timeout: float = _f(1800.0, "several processes: seconds one waits for the others at a synchronisation "
+                             "point before the run fails (a hung process)")
 
 
 @dataclass(frozen=True)

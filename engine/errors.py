@@ -89,6 +89,9 @@ class InputError(Exception):
         self.problems: list[Problem] = group_problems(list(problems))
         super().__init__("\n".join(str(p) for p in self.problems))
 
+    def __reduce__(self):  # pickled whole (e.g. sent from process 0 to the others of a distributed run)
+        return (type(self), (self.problems,))
+
 
 @dataclass(frozen=True)
 class Warning_:

@@ -131,6 +131,7 @@ def lookahead_surrogate(
     autocast=None,
     jvp_mode: str = "exact",
     grads: dict[str, torch.Tensor] | None = None,
+    reduce: Callable[[list[torch.Tensor]], object] | None = None,
 ) -> tuple[torch.Tensor, dict]:
     """Surrogate S(φ) whose gradient w.r.t. the meta parameters equals ∂L_meta(θ'(φ))/∂φ at the current φ (`full`).
 
@@ -146,6 +147,10 @@ def lookahead_surrogate(
 
     `grads`: the virtual step's direction when the caller already has it (name -> gradient); it may include terms
     that do not depend on φ (an entropy loss), which move θ' but leave the surrogate's form unchanged.
+
+    `reduce(tensors)`: applied in place to the virtual-step gradient computed here and to g' — with several
+    processes, their mean over the processes (`engine.distributed.average_`), so that θ' and g' are the global
+    batch's; u, and so S, stay this process's (its training rows).
     """
     if jvp_mode not in ("exact", "finite-difference"):
         raise ValueError(f"jvp_mode must be 'exact' or 'finite-difference', not {jvp_mode!r}")
@@ -156,8 +161,12 @@ def lookahead_surrogate(
     if grads is None:  # ∇_θ L(θ, φ) at the current targets (φ fixed): the virtual step direction.
         loss = loss_fn(logits, targets.detach())
         grads = dict(zip(names, torch.autograd.grad(loss, [params[n] for n in names], retain_graph=True), strict=True))
+        if reduce is not None:
+            reduce(list(grads.values()))
     new = (step_fn or (lambda p, g: sgd_lookahead(p, g, lr)))(params, grads)
     g_meta, meta_loss = meta_gradient(model, new, meta_x, meta_y, autocast)  # g' = ∇_θ' L_meta(θ')
+    if reduce is not None:
+        reduce(list(g_meta.values()))
     # u = J g': how the training logits move along g' (forward-mode AD at θ, same batch statistics).
     if jvp_mode == "exact":
         with torch.no_grad(), frozen_norm_stats(model):

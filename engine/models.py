@@ -57,6 +57,11 @@ def _offline_unless_hub_reachable(host: str = "huggingface.co", timeout: float =
 
 def load_weights(model: nn.Module, path: str | Path) -> None:
     """Load a backbone state dict from a local file, skipping a classifier head of another shape."""
+    apply_weights(model, read_weights(path), source=str(path))
+
+
+def read_weights(path: str | Path):
+    """The content of a weight file (a state dict, or a checkpoint holding one under "state_dict"), safely loaded."""
     path = Path(path)
     if not path.is_file():
         raise InputError(Problem(str(path), "weight file not found",
@@ -74,10 +79,16 @@ def load_weights(model: nn.Module, path: str | Path) -> None:
         raise
     except Exception as exc:
         raise InputError(Problem(str(path), f"cannot read weights ({type(exc).__name__}: {exc})")) from None
+    return state
+
+
+def apply_weights(model: nn.Module, state, *, source: str) -> None:
+    """Load `read_weights`'s result into `model`, skipping a classifier head of another shape; `source` names the
+    weights in messages."""
     if isinstance(state, dict) and "state_dict" in state:
         arch = (getattr(model, "pretrained_cfg", None) or {}).get("architecture")
         if state.get("backbone") and arch and state["backbone"] != arch:
-            raise InputError(Problem(str(path), f"checkpoint is for backbone '{state['backbone']}', not '{arch}'",
+            raise InputError(Problem(source, f"checkpoint is for backbone '{state['backbone']}', not '{arch}'",
                                      f"pass --backbone {state['backbone']}"))
         state = state["state_dict"]
     own = model.state_dict()
@@ -86,7 +97,7 @@ def load_weights(model: nn.Module, path: str | Path) -> None:
     head_keys = _head_names(model)
     if not keep or any(k not in head_keys for k in missing):
         bad = [k for k in missing if k not in head_keys][:5]
-        raise InputError(Problem(str(path), f"weights do not fit this backbone (e.g. missing {bad})",
+        raise InputError(Problem(source, f"weights do not fit this backbone (e.g. missing {bad})",
                                  "use weights saved from the same --backbone"))
     model.load_state_dict(keep, strict=False)
 

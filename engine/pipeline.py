@@ -20,6 +20,7 @@ import torch
 
 import engine
 from engine import atomic
+from engine import distributed as D
 from engine import rundir as R
 from engine.config import RunConfig
 from engine.data import schema as S
@@ -63,6 +64,10 @@ def validate_config(cfg: RunConfig) -> None:
         p.append(Problem("--lr-milestones", f"not a comma-separated list of epochs: {sch.lr_milestones!r}"))
     if rt.device not in ("auto", "cpu", "cuda", "mps") and not rt.device.startswith("cuda:"):
         p.append(Problem("--device", f"unknown device '{rt.device}'", "use auto, cpu, cuda or mps"))
+    if rt.nproc < 1:
+        p.append(Problem("--nproc", f"must be >= 1, got {rt.nproc}"))
+    if not rt.dist_timeout > 0:
+        p.append(Problem("--dist-timeout", f"must be positive, got {rt.dist_timeout}"))
     est = cfg.estimate
     if est.folds == 1 or est.folds < 0:
         p.append(Problem("--folds", f"must be 0 (off) or >= 2, got {est.folds}"))
@@ -238,15 +243,77 @@ def _pid() -> int:
 
 
 def run(cfg: RunConfig) -> Path:
-    """Execute a run into `cfg.runtime.out`; returns the run folder. Raises InputError before training on bad input."""
-    from engine.reviewed import load_for_run, write_reviewed
-    from engine.warmstart import load_warm_model, warm_record, with_warm_defaults
+    """Execute a run into `cfg.runtime.out`; returns the run folder. Raises InputError before training on bad input.
+
+    Started by torchrun, this process joins the others (`engine.distributed`) and trains its share; process 0
+    checks the inputs and writes the run folder."""
+    from engine.warmstart import with_warm_defaults
 
     cfg = with_warm_defaults(cfg)  # --from-run: unset schedule options from the earlier run's, shortened
     cfg = cfg.resolved()  # unset schedule options from the recipe (recorded in config.json)
     validate_config(cfg)
-    out = Path(cfg.runtime.out)
-    rd = R.RunDir(out, echo=console)
+    device = _join_processes(cfg)
+    try:
+        return _run(cfg, device)
+    finally:
+        D.stop()
+
+
+def _join_processes(cfg: RunConfig) -> torch.device:
+    """This process's device; under torchrun, after joining the process group (GPU `local_rank` on CUDA)."""
+    device = resolve_device(cfg.runtime.device)
+    try:
+        return D.start(device, timeout_s=cfg.runtime.dist_timeout)
+    except ValueError as err:
+        raise InputError(Problem("--device", str(err))) from None
+
+
+def preflight(cfg: RunConfig, device: torch.device) -> tuple[R.RunDir, PreparedData, torch.nn.Module]:
+    """Every check that needs no training, before anything is written: the run folder (resume or empty), the
+    dataset (every problem at once), the backbone and its weights, and the batch sizes for several processes.
+    `engine run --nproc N` calls it once before starting the processes; in a run it is done by process 0."""
+    from engine.warmstart import load_warm_model, with_warm_defaults
+
+    cfg = with_warm_defaults(cfg).resolved()  # idempotent: `run` has applied it already
+    validate_config(cfg)
+    w = D.world()
+    if not w.active and cfg.runtime.nproc > 1:  # `engine run --nproc N`: can N processes share this device?
+        n = cfg.runtime.nproc
+        try:
+            D.process_device(device, D.World(size=n, local_size=n))
+        except ValueError as err:
+            raise InputError(Problem("--device", str(err))) from None
+    rd = R.RunDir(Path(cfg.runtime.out), echo=console if w.main else None, rank=w.rank)
+    D.on_main(lambda: _check_run_folder(cfg, rd))
+    data = _prepare_on_main(cfg)
+    _check_precision(cfg, device)
+    model = _create_model(cfg, len(data.classes))  # checks backbone and weights before anything is written
+    _check_image_size(model, cfg)
+    if cfg.review.from_run and not cfg.runtime.resume:
+        load_warm_model(model, cfg, data.classes)  # checks that it fits; the checkpoint holds it on resume
+    if cfg.review.reviewed:
+        from engine.reviewed import read_reviewed
+
+        read_reviewed(cfg.review.reviewed, images=data.frame[S.IMAGE], classes=data.classes)  # every problem at once
+    _check_processes(cfg, data, cfg.runtime.nproc if not w.active else w.size)
+    return rd, data, model
+
+
+def _prepare_on_main(cfg: RunConfig) -> PreparedData:
+    """`prepare_data` by process 0, sent to the others without its image cache (which holds the images decoded
+    for validation): each machine's first process fills its own cache when it loads the pixels."""
+    mine: dict = {}
+
+    def prepare() -> PreparedData:
+        mine["data"] = prepare_data(cfg)
+        return dataclasses.replace(mine["data"], cache=None)
+
+    shared = D.on_main(prepare)
+    return mine.get("data", shared)
+
+
+def _check_run_folder(cfg: RunConfig, rd: R.RunDir) -> None:
+    out = rd.root
     ckpt_path = rd.path(R.CHECKPOINT)
     if out.is_dir():
         rd.mark_if_dead()  # a run killed before it could say so (kill -9) is failed, not "running" forever
@@ -262,33 +329,57 @@ def run(cfg: RunConfig) -> Path:
         else:
             fix = f"choose another --out, or start over: {start_over}"
         raise InputError(Problem(str(out), "run folder exists and is not empty", fix))
-    data = prepare_data(cfg)
-    reviewed, review_info = load_for_run(cfg.review.reviewed, data.frame, data.classes)  # --reviewed: verified labels
-    device = resolve_device(cfg.runtime.device)
-    _check_precision(cfg, device)
-    model = _create_model(cfg, len(data.classes))  # checks backbone and weights before anything is written
-    _check_image_size(model, cfg)
-    if cfg.review.from_run and not cfg.runtime.resume:
-        load_warm_model(model, cfg, data.classes)  # the checkpoint holds it on resume
 
+
+def _check_processes(cfg: RunConfig, data: PreparedData, processes: int) -> None:
+    """Several processes: the batch sizes must split into shards of at least 2 images (`engine.distributed`)."""
+    if processes <= 1:
+        return
+    method_cls = get_method(cfg.runtime.method)
+    roles = data.frame[S.ROLE]
+    labeled = int(((roles == S.TRAIN) & (data.frame["_target_idx"] >= 0)).sum())
+    n_train = int(roles.isin([S.TRAIN, S.UNLABELED]).sum()) if method_cls.uses_unlabeled else labeled
+    problems = D.size_problems(processes, batch_size=cfg.schedule.batch_size, n_train=n_train,
+                               n_meta=int((roles == S.META).sum()) if method_cls.needs_meta else 0,
+                               meta_rows=method_cls.meta_rows_per_process, folds=cfg.estimate.folds)
+    problems += method_cls.process_problems(cfg.method_params, processes)
+    if problems:
+        raise InputError(problems)
+
+
+def _run(cfg: RunConfig, device: torch.device) -> Path:
+    from engine.reviewed import load_for_run, write_reviewed
+    from engine.warmstart import warm_record
+
+    rd, data, model = preflight(cfg, device)  # the model holds the earlier run's weights in a warm run
+    reviewed, review_info = load_for_run(cfg.review.reviewed, data.frame, data.classes)  # --reviewed: verified labels
+    w = D.world()
+    out = rd.root
     out.mkdir(parents=True, exist_ok=True)
     rd.write_status("running", stage="setup", epoch=0, of=cfg.schedule.epochs, pid=_pid(), message="")
-    resolved = {**cfg.to_dict(), "versions": versions(), "git_commit": git_commit(), "classes": data.classes,
-                "device": str(device), **warm_record(cfg)}
-    atomic.write_json(rd.path(R.CONFIG), resolved)
-    atomic.write_csv(rd.path(R.ROLES), data.frame[[S.IMAGE, S.ROLE]])
-    if reviewed is not None:
-        write_reviewed(rd.path(R.REVIEWED), reviewed)
+    if w.main:
+        resolved = {**cfg.to_dict(), "versions": versions(), "git_commit": git_commit(), "classes": data.classes,
+                    "device": str(device), "world_size": w.size, "nodes": w.nodes, **warm_record(cfg)}
+        if w.active:  # what actually ran (with plain torchrun, --nproc is not given)
+            resolved["runtime"]["nproc"] = w.local_size
+        atomic.write_json(rd.path(R.CONFIG), resolved)
+        atomic.write_csv(rd.path(R.ROLES), data.frame[[S.IMAGE, S.ROLE]])
+        if reviewed is not None:
+            write_reviewed(rd.path(R.REVIEWED), reviewed)
     rd.log(f"run {cfg.runtime.method} on {cfg.data.dataset} ({len(data.frame)} images, classes {data.classes}) "
            f"device {device}")
+    if w.active:
+        rd.log(f"process {w.rank} of {w.size} ({w.nodes} machine(s)), pid {_pid()}: global batch "
+               f"{cfg.schedule.batch_size} = {cfg.schedule.batch_size // w.size} images per process"
+               + ("; process 0 writes the run folder, the others log to log.rank<N>.txt" if w.main else ""))
     sch = cfg.schedule
     rd.log(f"recipe {sch.recipe}" + (" (auto: the network starts from weights)" if sch.recipe == "finetune" and
                                       cfg.recipe() == "finetune" else "") +
            f": {sch.epochs} epochs incl. {sch.warmup_epochs} warm-up, batch {sch.batch_size}, SGD lr {sch.lr:g} "
            f"{sch.lr_schedule}" + (f" at {sch.lr_milestones}" if sch.lr_schedule == "step" else "") +
            f", momentum {sch.momentum:g}, weight decay {sch.weight_decay:g}")
-    for w in data.warnings:
-        rd.log(f"warning: {w}")
+    for warning in data.warnings:
+        rd.log(f"warning: {warning}")
     if review_info:
         rd.log(f"verified labels: {review_info['n_verified']} from {cfg.review.reviewed} "
                f"({review_info['changed_from_majority']} differ from the experts' majority)")
@@ -296,16 +387,22 @@ def run(cfg: RunConfig) -> Path:
         rd.log(f"warm start from {cfg.review.from_run}: its model.pt; its settings where none were given")
     t0 = time.time()
     try:
-        pixels = load_pixels(data, cfg, log=rd.log)
+        pixels = D.node_first(lambda: load_pixels(data, cfg, log=rd.log))  # the first fills this machine's cache
         if cfg.pretrain.pretrain and not cfg.runtime.resume and not cfg.review.from_run:
             model = _pretrain(cfg, rd, device, len(data.classes))
         result = _train(cfg, rd, data, pixels, model, device)
         result["estimate"] = _estimate(cfg, rd, data, result, pixels, device)
         result["review"] = review_info
-        _write_outputs(cfg, rd, data, result, device, time.time() - t0)
+        if w.main:
+            _write_outputs(cfg, rd, data, result, device, time.time() - t0)
     except KeyboardInterrupt:
-        rd.log("interrupted: the last finished epoch is in checkpoint.pt; continue with --resume")
-        rd.write_status("cancelled", message="interrupted; continue with --resume", pid=_pid())
+        with D.sigterm_deferred():
+            lost = _lost_processes(w)
+            if lost:
+                _failed(rd, lost)
+            else:
+                rd.log("interrupted: the last finished epoch is in checkpoint.pt; continue with --resume")
+                rd.write_status("cancelled", message="interrupted; continue with --resume", pid=_pid())
         raise
     except NonFiniteLoss as err:
         rd.log(f"failed: {err}")
@@ -318,13 +415,58 @@ def run(cfg: RunConfig) -> Path:
         rd.write_status("failed", message=msg, pid=_pid())
         raise InputError(Problem("training", msg)) from None
     except Exception as err:
-        rd.log("failed:\n" + traceback.format_exc())
-        rd.write_status("failed", message=f"{type(err).__name__}: {err}", pid=_pid())
+        with D.sigterm_deferred():
+            lost = _lost_processes(w)
+            if lost:
+                _failed(rd, lost, traceback.format_exc())
+            elif w.active and D.timed_out(err):
+                _stalled(rd, cfg.runtime.dist_timeout, traceback.format_exc())
+            else:
+                rd.log("failed:\n" + traceback.format_exc())
+                rd.write_status("failed", message=f"{type(err).__name__}: {err}", pid=_pid())
         raise
     rd.write_status("done", stage="done", epoch=cfg.schedule.epochs, of=cfg.schedule.epochs, pid=_pid(),
                     elapsed_s=time.time() - t0)
     rd.log(f"done in {time.time() - t0:.1f}s ({fmt_seconds(time.time() - t0)})")
     return out
+
+
+def _lost_processes(w: D.World, wait_s: float = 1.0) -> list[int]:
+    """Ranks on this machine that died (a failed collective can be noticed just before the kernel marks the process
+    gone, so this looks again for up to `wait_s`)."""
+    if not w.active:
+        return []
+    deadline = time.time() + wait_s
+    while True:
+        lost = D.dead_peers()
+        if lost or time.time() >= deadline:
+            return lost
+        time.sleep(0.1)
+
+
+def _failed(rd: R.RunDir, lost: list[int], detail: str = "") -> None:
+    names = ", ".join(str(r) for r in lost)
+    logs = ", ".join(R.rank_log(r) if r else R.LOG for r in lost)
+    _fail(rd, f"training process {names} stopped unexpectedly (killed or crashed; see {logs}), so the run stopped",
+          detail)
+
+
+def _stalled(rd: R.RunDir, timeout_s: float, detail: str) -> None:
+    _fail(rd, f"another training process did not answer within --dist-timeout {timeout_s:g} s (it hangs, or is far "
+          "slower than this one: see the log.rank*.txt files), so the run stopped", detail)
+
+
+def _fail(rd: R.RunDir, what: str, detail: str = "") -> None:
+    """Status `failed` with `what` happened and whether --resume can continue; the log gets `detail` too."""
+    message = what + ("; the last finished epoch is in checkpoint.pt: continue with --resume"
+                      if rd.path(R.CHECKPOINT).is_file() else "; no epoch had finished: start again")
+    rd.log("failed: " + message + (f"\n{detail}" if detail else ""))
+    rd.write_status("failed", message=message, pid=_pid())
+
+
+# --resume may change these: the number of processes (a checkpoint holds one copy of everything, see
+# engine.distributed) and how long they wait for each other
+RESUME_MAY_CHANGE = ("resume", "nproc", "dist_timeout")
 
 
 def _check_resume_config(rd: R.RunDir, cfg: RunConfig) -> None:
@@ -333,7 +475,7 @@ def _check_resume_config(rd: R.RunDir, cfg: RunConfig) -> None:
         return
     new = cfg.to_dict()
     diffs = [f"{sec}.{k}" for sec in new if isinstance(new[sec], dict) and isinstance(old.get(sec), dict)
-             for k in new[sec] if k not in ("resume",) and old[sec].get(k) != new[sec][k]]
+             for k in new[sec] if k not in RESUME_MAY_CHANGE and old[sec].get(k) != new[sec][k]]
     if diffs:
         raise InputError(Problem(str(rd.path(R.CONFIG)), f"--resume with different settings: {', '.join(diffs)}",
                                  "resume with the same options as the interrupted run"))
@@ -370,7 +512,7 @@ def _check_image_size(model, cfg: RunConfig) -> None:
 def _pretrain(cfg: RunConfig, rd: R.RunDir, device: torch.device, num_classes: int):
     """DR pretraining: train the backbone on the auxiliary dataset, save it, then put a fresh task head on it."""
     from engine.data.aux import load_aux
-    from engine.models import load_weights, normalisation
+    from engine.models import apply_weights, normalisation
     from engine.runtime import thread_count
 
     paths, labels, aux_classes = load_aux(cfg.pretrain.pretrain)
@@ -394,10 +536,12 @@ def _pretrain(cfg: RunConfig, rd: R.RunDir, device: torch.device, num_classes: i
                      "of": cfg.pretrain.pretrain_epochs, "event": "epoch_end"})
         rd.log(f"pretrain epoch {epoch + 1}/{cfg.pretrain.pretrain_epochs} loss {stats['loss']:.4f} "
                f"aux train acc {ctx.accuracy(ctx.train):.3f}")
-    atomic.torch_save(rd.path(R.PRETRAIN), {"backbone": cfg.model.backbone, "classes": aux_classes,
-                                            "state_dict": {k: v.cpu() for k, v in aux_model.state_dict().items()}})
+    weights = {"backbone": cfg.model.backbone, "classes": aux_classes,
+               "state_dict": {k: v.cpu() for k, v in aux_model.state_dict().items()}}
+    if rd.writer:
+        atomic.torch_save(rd.path(R.PRETRAIN), weights)
     model = _create_model(cfg, num_classes, stream=2)
-    load_weights(model, rd.path(R.PRETRAIN))  # backbone weights; the task head stays freshly initialised
+    apply_weights(model, weights, source=str(rd.path(R.PRETRAIN)))  # the backbone; the task head stays fresh
     return model
 
 
@@ -457,19 +601,24 @@ def _train(cfg: RunConfig, rd: R.RunDir, data: PreparedData, pixels: np.ndarray,
     if cfg.runtime.resume:
         from engine.safe_load import torch_load
 
-        ck = torch_load(rd.path(R.CHECKPOINT), what="checkpoint")
+        ck = D.on_main(lambda: torch_load(rd.path(R.CHECKPOINT), what="checkpoint"))  # one copy for all processes
         ctx.model.load_state_dict(ck["model"])
         ctx.optimizer.load_state_dict(ck["optimizer"])
         state = FitState.from_dict(ck["fit"])
         if state.started:
             method.load_state_dict(ck["method"])
-        rd.log(f"resumed after epoch {state.epoch + 1}")
+        before, now = int(ck.get("world_size", 1)), D.world().size
+        rd.log(f"resumed after epoch {state.epoch + 1}" + (
+            f" on {now} process(es); the checkpoint was written by {before}: the batches from here are split "
+            f"{now} ways" if before != now else ""))
 
     def save(st: FitState) -> None:
         progress.epoch_end(st)
-        atomic.torch_save(rd.path(R.CHECKPOINT), {
-            "model": ctx.model.state_dict(), "optimizer": ctx.optimizer.state_dict(),
-            "method": method.state_dict() if st.started else {}, "fit": st.to_dict(), "config": cfg.to_dict()})
+        if rd.writer:  # every process holds the same state after an epoch (engine.distributed.check_in_sync)
+            atomic.torch_save(rd.path(R.CHECKPOINT), {
+                "model": ctx.model.state_dict(), "optimizer": ctx.optimizer.state_dict(),
+                "method": method.state_dict() if st.started else {}, "fit": st.to_dict(), "config": cfg.to_dict(),
+                "world_size": D.world().size})
 
     try:
         state = fit(ctx, method, state=state, on_epoch_end=save, on_epoch_start=progress.epoch_start)
@@ -485,6 +634,7 @@ def _estimate(cfg: RunConfig, rd: R.RunDir, data: PreparedData, result: dict, pi
     the meta set, combined with every expert's votes through their confusion matrices -> posterior (N, K)."""
     from engine.crossfit import crossfit, fold_schedule
     from engine.estimate import label_estimate, review_priority
+    from engine.models import apply_weights, read_weights
 
     ctx, state, model = result["ctx"], result["state"], result["model"]
     train_rows, meta_rows, test_rows = result["rows"]
@@ -501,29 +651,36 @@ def _estimate(cfg: RunConfig, rd: R.RunDir, data: PreparedData, result: dict, pi
     main_seconds = float(sum(h.get("seconds", 0.0) for h in state.history))
     info: dict = {"folds": est.folds, "main_training_s": main_seconds}
     if est.folds >= 2:
-        from engine.warmstart import fold_setup
+        from engine.warmstart import fold_setup, pretrain_file
 
         images = f[S.IMAGE].to_numpy()
-        setup = fold_setup(cfg, rd, list(images[train_rows]), list(images[meta_rows]),
+        setup = fold_setup(cfg, list(images[train_rows]), list(images[meta_rows]),
                            ctx.train.targets.cpu().numpy(), ctx.meta.targets.cpu().numpy())
         fcfg = setup.cfg  # a warm run's fresh folds train on the earlier run's full schedule
         sch = fcfg.schedule
         fs = fold_schedule(sch.epochs, min(sch.warmup_epochs, sch.epochs), tuple(fcfg.milestones()), k=est.folds,
                            budget=est.fold_budget)
-        done = _load_folds(rd) if cfg.runtime.resume else {}
+        done = D.on_main(lambda: _load_folds(rd)) if cfg.runtime.resume else {}
+        pretrain_path = None if setup.warm else pretrain_file(cfg, rd)  # a warm run's is the earlier run's
+        pretrained = D.on_main(lambda: read_weights(pretrain_path)) if pretrain_path is not None else None
         rd.log(f"label estimation: {est.folds}-fold cross-fitting with {cfg.runtime.method}, {fs.epochs} epochs per "
                f"fold (incl. {fs.warmup_epochs} warm-up)" + (f"; {len(done)} fold(s) kept from before" if done else "")
                + (f"; {setup.note}" if setup.note else ""))
 
         def make_ctx(part_train: TensorData, part_meta: TensorData, fold: int) -> TrainContext:
             fold_model = _create_model(cfg, k, stream=100 + fold)
-            setup.init(fold_model, fold)  # DR-pretrained backbone, or the earlier run's fold network (warm start)
+            if setup.warm:
+                setup.init(fold_model, fold)  # the earlier run's network of the same fold (warm start)
+            elif pretrained is not None:
+                apply_weights(fold_model, pretrained, source=str(pretrain_path))
             fctx = _make_ctx(fcfg, fold_model, k, part_train, part_meta, device, epochs=fs.epochs,
                              warmup_epochs=fs.warmup_epochs, milestones=fs.milestones, seed_offset=1000 * (fold + 1))
             fctx.on_step = lambda rec, fold=fold: _crossfit_status(rd, rec, fold, est.folds, fs.epochs)
             return fctx
 
         def save_fold(fold: int, res: dict) -> None:
+            if not rd.writer:
+                return
             saved = _load_folds(rd)
             saved[fold] = {**res, "train_images": [str(x) for x in images[train_rows][res["train_idx"]]],
                            "meta_images": [str(x) for x in images[meta_rows][res["meta_idx"]]]}

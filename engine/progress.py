@@ -57,7 +57,8 @@ class Progress:
             self.bar.close()
         self.epoch, self.stage, self.t_epoch = epoch, stage, time.time()
         self.bar = tqdm(total=self.spe[stage], desc=f"{stage} epoch {epoch + 1}/{self.cfg.schedule.epochs}",
-                        leave=False, disable=None, file=sys.stderr, unit="step")  # disable=None: terminals only
+                        leave=False, disable=None if self.rd.writer else True, file=sys.stderr,
+                        unit="step")  # disable=None: terminals only; one bar for a distributed run (process 0)
 
     def eta(self, step: int, steps: int) -> float | None:
         """Seconds left: measured seconds per step of each stage × the steps left in it (main ≈ 3× warm-up)."""

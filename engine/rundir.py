@@ -52,20 +52,35 @@ def process_alive(pid: int | None, *, engine_only: bool = True) -> bool:
     return True
 
 
+def rank_log(rank: int) -> str:
+    """The log file of process `rank` > 0 of a distributed run (process 0 writes log.txt)."""
+    return f"log.rank{rank}.txt"
+
+
 class RunDir:
     """Paths and atomic writers for one run folder. `echo(line)`, when given, also receives every log line (the
-    console of `python -m engine run`)."""
+    console of `python -m engine run`).
 
-    def __init__(self, root: Path | str, echo: Callable[[str], None] | None = None):
+    `rank`: the process of a distributed run (`engine.distributed`). Process 0 writes the run folder; any other
+    writes only its own log, `log.rank<r>.txt` (its status and progress calls do nothing)."""
+
+    def __init__(self, root: Path | str, echo: Callable[[str], None] | None = None, *, rank: int = 0):
         self.root = Path(root)
         self.echo = echo
+        self.rank = rank
+
+    @property
+    def writer(self) -> bool:
+        """Whether this process writes the run folder (process 0)."""
+        return self.rank == 0
 
     def path(self, name: str) -> Path:
         return self.root / name
 
     def write_status(self, state: str, **fields) -> None:
         assert state in STATES, state
-        atomic.write_json(self.path(STATUS), {"state": state, **fields, "updated": time.time()})
+        if self.writer:
+            atomic.write_json(self.path(STATUS), {"state": state, **fields, "updated": time.time()})
 
     def read_status(self) -> dict | None:
         return self._read_json(STATUS)
@@ -100,11 +115,12 @@ class RunDir:
         return self.read_status()
 
     def progress(self, record: dict) -> None:
-        atomic.append_jsonl(self.path(PROGRESS), {"time": time.time(), **record})
+        if self.writer:
+            atomic.append_jsonl(self.path(PROGRESS), {"time": time.time(), **record})
 
     def log(self, line: str) -> None:
         self.root.mkdir(parents=True, exist_ok=True)
-        with open(self.path(LOG), "a", encoding="utf-8") as fh:
+        with open(self.path(LOG if self.writer else rank_log(self.rank)), "a", encoding="utf-8") as fh:
             fh.write(time.strftime("%Y-%m-%d %H:%M:%S ") + line.rstrip("\n") + "\n")
         if self.echo is not None:
             self.echo(line.rstrip("\n"))

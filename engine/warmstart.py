@@ -164,12 +164,12 @@ def load_warm_model(model, cfg, classes: list[str]) -> dict:
 
 @dataclass
 class FoldSetup:
-    """How the cross-fitting folds of a run start: their schedule's config, a fixed fold assignment (or None = the
-    usual stratified one), and `init(model, fold)` that loads the fold network's starting weights."""
+    """How the cross-fitting folds of a run start: their schedule's config, and for a warm start the fold assignment
+    and `init(model, fold)` that loads the earlier run's fold network (None: fresh folds, the usual assignment)."""
 
     cfg: object  # RunConfig whose schedule the folds train with
     folds: tuple[np.ndarray, np.ndarray] | None
-    init: Callable[[object, int], None]
+    init: Callable[[object, int], None] | None
     note: str = ""
 
     @property
@@ -177,31 +177,23 @@ class FoldSetup:
         return self.folds is not None
 
 
-def fold_setup(cfg, rd: R.RunDir, images_train: list[str], images_meta: list[str], train_y: np.ndarray,
+def fold_setup(cfg, images_train: list[str], images_meta: list[str], train_y: np.ndarray,
                meta_y: np.ndarray) -> FoldSetup:
     """The fold plan of a run: warm (OLD's fold networks on OLD's folds) when `--from-run` has them, else fresh
-    folds (initialised from the DR-pretraining backbone when there is one) on the usual schedule — OLD's full
-    schedule in a warm run, since a fresh fold network cannot learn in a warm run's few epochs."""
+    folds on the usual schedule — OLD's full schedule in a warm run, since a fresh fold network cannot learn in a
+    warm run's few epochs. (Fresh folds start from the DR-pretrained backbone when there is one: `pretrain_file`.)"""
     from engine.config import ScheduleConfig
 
     k = cfg.estimate.folds
-    pretrain = _pretrain_file(cfg, rd)
-
-    def fresh(model, fold: int) -> None:
-        if pretrain is not None:
-            from engine.models import load_weights
-
-            load_weights(model, pretrain)
-
     if not cfg.review.from_run:
-        return FoldSetup(cfg, None, fresh)
+        return FoldSetup(cfg, None, None)
     old = Path(cfg.review.from_run)
     saved = _old_folds(old, k)
     if saved is None:
         sched = {k_: v for k_, v in base_schedule(old_config(old)).items()
                  if k_ in {f.name for f in dataclasses.fields(ScheduleConfig)}}
         cold = dataclasses.replace(cfg, schedule=ScheduleConfig(**sched))
-        return FoldSetup(cold, None, fresh, note=f"the earlier run has no {k} fold networks to start from: the folds "
+        return FoldSetup(cold, None, None, note=f"the earlier run has no {k} fold networks to start from: the folds "
                          f"train afresh on its full schedule ({sched.get('epochs')} epochs)")
     train_f = _map_folds(images_train, saved["train"], train_y, k, cfg.runtime.seed)
     meta_f = _map_folds(images_meta, saved["meta"], meta_y, k, cfg.runtime.seed + 1)
@@ -214,13 +206,15 @@ def fold_setup(cfg, rd: R.RunDir, images_train: list[str], images_meta: list[str
                      "network, on the same images")
 
 
-def _pretrain_file(cfg, rd: R.RunDir) -> Path | None:
+def pretrain_file(cfg, rd: R.RunDir) -> Path | None:
+    """The DR-pretrained backbone a run's fresh networks start from: the run's own pretrain.pt, or in a warm run
+    (which does not pretrain again) OLD's; None without pretraining or when OLD has none."""
     if not cfg.pretrain.pretrain:
         return None
     own = rd.path(R.PRETRAIN)
     if own.is_file() or not cfg.review.from_run:
         return own
-    old = Path(cfg.review.from_run) / R.PRETRAIN  # a warm run does not pretrain again; OLD's backbone serves
+    old = Path(cfg.review.from_run) / R.PRETRAIN
     return old if old.is_file() else None
 
 

@@ -24,6 +24,7 @@ MAIN_FIELDS = [("model", "backbone"), ("data", "image_size"), ("schedule", "epoc
 PRETRAIN_GROUP = "pretrain"
 APP_OWNED = {("data", "dataset"), ("data", "roles"), ("data", "classes"), ("data", "meta"), ("data", "test"),
              ("data", "cache_dir"), ("runtime", "out"), ("runtime", "method"), ("runtime", "resume"),
+             ("runtime", "nproc"), ("runtime", "dist_timeout"),  # the GPUs are offered by `gpus` (train_form)
              ("review", "reviewed"), ("review", "from_run")}  # the Review/Export pages' "Retrain with my N reviews"
 
 
@@ -140,11 +141,12 @@ def _fmt(value: Any) -> str:
     return str(value)
 
 
-def train_form(*, key: str, methods: list[dict], defaults: dict | None = None) -> dict | None:
+def train_form(*, key: str, methods: list[dict], defaults: dict | None = None, gpus: int = 0) -> dict | None:
     """Render the form; returns {"method", "options" (CLI list), "values"} when Launch is pressed, else None.
 
-    `defaults` may preset {(group, name): value}, e.g. a smaller image size for a small dataset.
-    Owns st.session_state[f"{key}_*"].
+    `defaults` may preset {(group, name): value}, e.g. a smaller image size for a small dataset. With `gpus` > 1
+    (GPUs visible on this machine) the form offers how many to train on: the run then starts one process per GPU
+    through torchrun (`--nproc N`). Owns st.session_state[f"{key}_*"].
     """
     defaults = defaults or {}
     names = [m["name"] for m in methods]
@@ -187,11 +189,17 @@ def train_form(*, key: str, methods: list[dict], defaults: dict | None = None) -
             for i, (group, name) in enumerate(more_fields()):
                 with mcols[i % 3]:
                     values[(group, name)] = _field_input(group, name, key, default=defaults.get((group, name)))
+        n_gpus = 1
+        if gpus > 1:
+            n_gpus = st.selectbox("GPUs", list(range(1, gpus + 1)), index=gpus - 1, key=f"{key}_gpus",
+                                  help="train on this many GPUs of this machine, one process each (torchrun with "
+                                       "DistributedDataParallel); the batch size is the total over all of them and "
+                                       "must be a multiple of this number")
         submitted = st.form_submit_button("Launch training", type="primary", icon=":material/rocket_launch:")
 
     if not submitted:
         return None
-    options = ["--method", method]
+    options = ["--method", method] + (["--nproc", str(n_gpus)] if n_gpus > 1 else [])
     for (group, name), value in values.items():
         _, field_default, _ = _field(group, name)
         if value == field_default and (group, name) not in defaults:
@@ -204,4 +212,5 @@ def train_form(*, key: str, methods: list[dict], defaults: dict | None = None) -
         if value != by_param[name].get("default"):
             options += [cli_flag(name, prefix=f"{method}_"), _fmt(value)]
     flat = {f"{g}.{n}": v for (g, n), v in values.items()} | {f"{method}.{n}": v for n, v in method_values.items()}
+    flat["runtime.nproc"] = n_gpus
     return {"method": method, "options": options, "values": flat}

@@ -61,7 +61,8 @@ with st.expander("New run", expanded=not runs, icon=":material/rocket_launch:"):
                    f"The demo also ships a DR-like set for pretraining: `{dataset / 'dr_aux'}`.")
     request = None
     with guard("read the available methods"):
-        request = train_form(key="train", methods=methods_info(), defaults=DEMO_DEFAULTS if demo else None)
+        request = train_form(key="train", methods=methods_info(), defaults=DEMO_DEFAULTS if demo else None,
+                             gpus=jobs.gpu_count())
     if request is not None:
         with guard("launch the run"):
             options = list(request["options"])

@@ -73,12 +73,21 @@ def _interrupt_on_sigterm() -> None:
 
 
 def run(args) -> int:
+    from engine.distributed import torchrun_world
     from engine.pipeline import run as run_pipeline
     from engine.runtime import configure_threads
 
     _interrupt_on_sigterm()
     configure_threads()
     cfg = config_from_args(args)
+    if cfg.runtime.nproc > 1 and torchrun_world() is None:  # --nproc N: torchrun starts the N processes
+        from engine.launch import run_local
+        from engine.pipeline import preflight
+        from engine.runtime import resolve_device
+
+        preflight(cfg, resolve_device(cfg.runtime.device))  # every input problem once, before any process starts (exit 2, nothing written)
+        return run_local(args._argv, cfg.runtime.nproc, cfg.runtime.out)
     out = run_pipeline(cfg)
-    print(f"done: {out}/labels.csv, metrics.json, model.pt")
+    if torchrun_world() is None or torchrun_world().main:
+        print(f"done: {out}/labels.csv, metrics.json, model.pt")
     return 0

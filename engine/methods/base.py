@@ -50,6 +50,12 @@ class Method:
     needs_meta: ClassVar[bool] = True  # uses the meta set for training (not only for model selection)
     uses_unlabeled: ClassVar[bool] = False  # rows with role=unlabeled take part in the main phase
     learns_labels: ClassVar[bool] = False  # keeps its own soft labels (their drift from the majority is logged)
+    meta_rows_per_process: ClassVar[int] = 2  # meta images each process needs per meta batch (several processes)
+
+    @classmethod
+    def process_problems(cls, params: dict, processes: int) -> list:
+        """Problems with running this method's parameters `params` on `processes` processes (engine.distributed)."""
+        return []
 
     def __init__(self, cfg, ctx: TrainContext):
         self.cfg = cfg

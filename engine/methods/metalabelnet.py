@@ -18,6 +18,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from engine import distributed as D
 from engine.methods.base import param, register
 from engine.methods.soft_label_step import (
     LookaheadCheck,
@@ -66,15 +67,14 @@ class MetaLabelNet(SoftLabelMethod):
 
     @torch.no_grad()
     def _extract(self, extractor) -> torch.Tensor:
+        """(N, 2, F) features of every training image, plain and flipped (split over the processes, gathered)."""
         ctx = self.ctx
         out = []
         for flip in (False, True):
-            chunks = []
             with ctx.autocast():
-                for b in ctx.ordered(ctx.train, flip=flip):
-                    chunks.append(features(extractor, b.x).float())
-            out.append(torch.cat(chunks))
-        return torch.stack(out, 1)
+                out.append(ctx.map_rows(ctx.train, lambda b: features(extractor, b.x).float(), flip=flip,
+                                        width=(ctx.model.num_features,)))
+        return torch.stack(out, 1).to(ctx.device)
 
     def _batch_feats(self, b) -> torch.Tensor:
         return self.feats[b.idx, b.flip.long()]
@@ -93,6 +93,7 @@ class MetaLabelNet(SoftLabelMethod):
                 lookahead=cfg.lookahead)
             self.opt.zero_grad(set_to_none=True)
             surrogate.backward()
+            D.sum_([p.grad for p in self.slp.parameters()])  # each process's share -> the global meta-gradient
             self.opt.step()
             with torch.no_grad():
                 new_label_logp = torch.log_softmax(self.slp(fb), 1)

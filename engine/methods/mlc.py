@@ -38,6 +38,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from engine import distributed as D
 from engine.errors import InputError, Problem
 from engine.losses import soft_cross_entropy
 from engine.meta import (
@@ -140,7 +141,8 @@ def _dot(a: list[torch.Tensor], b: list[torch.Tensor]) -> float:
 
 
 def mlc_meta_gradient(model: nn.Module, lcn: LabelCorrectionNet, optimizer: torch.optim.SGD, *, x, y, clean_x, clean_y,
-                      meta_x, meta_y, autocast=None, prev: list[torch.Tensor] | None = None, lookahead: str = "full"):
+                      meta_x, meta_y, autocast=None, prev: list[torch.Tensor] | None = None, lookahead: str = "full",
+                      reduce: Callable[[list[torch.Tensor]], object] | None = None):
     """One MLC step's meta-gradient for the LCN, and the training gradient for the real update.
 
     x, y: (B, C, H, W), (B,) noisy batch and its majority labels; clean_x, clean_y: (Bc, C, H, W), (Bc,) the half of
@@ -153,16 +155,24 @@ def mlc_meta_gradient(model: nn.Module, lcn: LabelCorrectionNet, optimizer: torc
     Returns (lcn_grads: one tensor per `lcn.parameters()` — G_t, train_grads: {name: ∇θ L_train} for the trainable
     model parameters, info: {"loss": L_train, "meta_loss": L_meta at θ' (full) or θ (first-order), 0-dim tensors;
     "gamma": float}).
+
+    `reduce(tensors)` (several processes: `engine.distributed.average_`; the batches are this process's shards) is
+    applied in place to every gradient the maths takes over the whole batch: the training gradient (before the
+    look-ahead uses it), the meta gradients, and the LCN's meta-gradient — the LCN is shared by all rows, so the mean
+    of the processes' shard-mean gradients is the global batch's. Every process then holds the same G_t and γ.
     """
     autocast = autocast or contextlib.nullcontext
     lr = optimizer_lr(optimizer)
     params = trainable(model)
     first_order = lookahead == "first-order"
     g_before = None
+    reduce = reduce or (lambda tensors: None)
     if first_order:  # g at θ, and the training forward carries u = J g
         g_before, meta_loss = first_order_gradient(model, meta_x, meta_y, autocast)
     elif prev is not None:
         g_before = meta_gradient(model, params, meta_x, meta_y, autocast)[0]
+    if g_before is not None:
+        reduce(list(g_before.values()))
     xx = torch.cat([x, clean_x]) if len(clean_x) else x
     if first_order:
         h, logits, u = forward_with_jvp(model, xx, g_before, autocast=autocast, with_features=True)
@@ -176,6 +186,7 @@ def mlc_meta_gradient(model: nn.Module, lcn: LabelCorrectionNet, optimizer: torc
     if first_order:
         loss = soft_cross_entropy(logits, targets.detach())
         train_grads = dict(zip(params, torch.autograd.grad(loss, list(params.values()), retain_graph=True), strict=True))
+        reduce(list(train_grads.values()))
         meta_surrogate = surrogate(logits, targets, soft_cross_entropy, u, lr)
         new = step(params, train_grads) if prev is not None else None
     else:
@@ -187,29 +198,22 @@ def mlc_meta_gradient(model: nn.Module, lcn: LabelCorrectionNet, optimizer: torc
 
         meta_surrogate, info = lookahead_surrogate(model, x=xx, logits=logits, targets=targets,
                                                    loss_fn=soft_cross_entropy, meta_x=meta_x, meta_y=meta_y, lr=lr,
-                                                   step_fn=step_fn, autocast=autocast)
+                                                   step_fn=step_fn, autocast=autocast, reduce=reduce)
         train_grads, new, meta_loss = captured["grads"], captured["new"], info["meta_loss"]
     lcn_params = list(lcn.parameters())
     grads = torch.autograd.grad(meta_surrogate, lcn_params, allow_unused=True)
     grads = [torch.zeros_like(p) if g is None else g for p, g in zip(lcn_params, grads, strict=True)]
+    reduce(grads)
     gamma = 0.0
     if prev is not None:
         before = [g_before[n] for n in params]
         after = list(meta_gradient(model, new, meta_x, meta_y, autocast)[0].values())
+        reduce(after)
         norm2 = _dot(before, before)
         gamma = (1.0 - lr) * _dot(after, before) / norm2 if norm2 > 0 else 0.0
         grads = [g + gamma * p for g, p in zip(grads, prev, strict=True)]
     loss = soft_cross_entropy(logits.detach(), targets.detach())
     return grads, train_grads, {"loss": loss, "meta_loss": meta_loss, "gamma": gamma}
-
-
-def split_clean(x: torch.Tensor, y: torch.Tensor):
-    """A clean batch -> (meta_x, meta_y, clean_x, clean_y): first half scores the look-ahead, second half trains
-    (reference: `gbs = bs // 2`); a batch of one image is all meta."""
-    half = len(y) // 2
-    if half == 0:
-        return x, y, x[:0], y[:0]
-    return x[:half], y[:half], x[half:], y[half:]
 
 
 @register
@@ -218,6 +222,7 @@ class MLC(Method):
     summary = "Meta Label Correction: a meta-learned network corrects each noisy label from image features"
     config_cls = MLCConfig
     learns_labels = True
+    meta_rows_per_process = 4  # a meta batch is split in two halves of at least 2 images each
 
     def __init__(self, cfg, ctx):
         super().__init__(cfg, ctx)
@@ -259,16 +264,18 @@ class MLC(Method):
         ctx, model = self.ctx, self.ctx.model
         was = model.training
         model.eval()
-        hs, ps, ys = [], [], []
+
+        def outputs(b) -> torch.Tensor:
+            h, logits = features_and_logits(model, b.x)
+            return torch.cat([h.float(), torch.softmax(logits.float(), 1)], 1)
+
         with ctx.autocast():
-            for b in ctx.ordered(ctx.train):
-                keep = b.y >= 0
-                h, logits = features_and_logits(model, b.x)
-                hs.append(h[keep].float())
-                ps.append(torch.softmax(logits[keep].float(), 1))
-                ys.append(b.y[keep])
+            both = ctx.map_rows(ctx.train, outputs, width=(model.num_features + ctx.num_classes,))
         model.train(was)
-        return torch.cat(hs), torch.cat(ps), torch.cat(ys)
+        keep = ctx.train.targets.cpu() >= 0
+        both = both[keep].to(ctx.device)
+        targets = ctx.train.targets[keep.to(ctx.train.targets.device)].to(ctx.device)
+        return both[:, :-ctx.num_classes], both[:, -ctx.num_classes:], targets
 
     @torch.enable_grad()
     def _fit_lcn(self, h, probs, y) -> None:
@@ -286,17 +293,13 @@ class MLC(Method):
         ctx, cfg = self.ctx, self.cfg
         model = ctx.model
         model.train()
-        meta = ctx.meta_batches(epoch)
+        meta = ctx.meta_index_batches(epoch)
         meter = EpochMeter(ctx, epoch, ctx.steps_per_epoch())
         for step, b in enumerate(ctx.batches(epoch)):
-            mb = next(meta)
-            if len(mb.y) < 4:  # the meta set's last partial batch: top it up so that both halves hold >= 2 images
-                more = next(meta)
-                mb = mb._replace(x=torch.cat([mb.x, more.x]), y=torch.cat([mb.y, more.y]))
-            meta_x, meta_y, clean_x, clean_y = split_clean(mb.x, mb.y)
+            meta_b, clean_b = self._meta_halves(meta)
             lcn_grads, train_grads, info = mlc_meta_gradient(
-                model, self.lcn, ctx.optimizer, x=b.x, y=b.y, clean_x=clean_x, clean_y=clean_y, meta_x=meta_x,
-                meta_y=meta_y, autocast=ctx.autocast, prev=self.acc, lookahead=cfg.lookahead)
+                model, self.lcn, ctx.optimizer, x=b.x, y=b.y, clean_x=clean_b.x, clean_y=clean_b.y, meta_x=meta_b.x,
+                meta_y=meta_b.y, autocast=ctx.autocast, prev=self.acc, lookahead=cfg.lookahead, reduce=D.average_)
             loss = info["loss"]
             self.steps += 1
             if self.steps % cfg.k == 0:  # end of a k-window: step the LCN with G_t
@@ -316,23 +319,38 @@ class MLC(Method):
                        meta_loss=info["meta_loss"])
         return meter.means()
 
+    def _meta_halves(self, meta):
+        """The next meta batch of the stream `meta` (global row indices and flips) split as the reference does
+        (`gbs = bs // 2`): the first half scores the look-ahead, the second half trains; topped up with the next
+        batch when a half would give a process fewer than 2 images. Each half is then split over the processes."""
+        idx, flip = next(meta)
+        if len(idx) < 2 * D.min_batch():  # the meta set's last partial batch
+            more, more_flip = next(meta)
+            idx = torch.cat([idx, more])
+            flip = None if flip is None else torch.cat([flip, more_flip])
+        half = len(idx) // 2
+        return (self.ctx.take(self.ctx.meta, idx[:half], None if flip is None else flip[:half]),
+                self.ctx.take(self.ctx.meta, idx[half:], None if flip is None else flip[half:]))
+
     @torch.no_grad()
     def soft_labels(self) -> torch.Tensor:
         """(N, K): the LCN's corrected label g(h(x), majority) from eval-mode features; unlabelled rows: model output."""
         ctx, model = self.ctx, self.ctx.model
         was = model.training
         model.eval()
-        out = []
-        for b in ctx.ordered(ctx.train):
+
+        def corrected(b) -> torch.Tensor:
             with ctx.autocast():
                 h, logits = features_and_logits(model, b.x)
             soft = torch.softmax(logits.float(), 1)
             keep = b.y >= 0
             if bool(keep.any()):
                 soft[keep] = self.lcn(h[keep].float(), b.y[keep])  # the LCN in float32, outside autocast
-            out.append(soft.cpu())
+            return soft
+
+        out = ctx.map_rows(ctx.train, corrected, width=(ctx.num_classes,))
         model.train(was)
-        return torch.cat(out) if out else torch.zeros(0, ctx.num_classes)
+        return out
 
     def state_dict(self) -> dict:
         return {"feature_dim": self.feature_dim, "lcn": {k: v.cpu() for k, v in self.lcn.state_dict().items()},

@@ -25,6 +25,7 @@ from dataclasses import dataclass
 
 import torch
 
+from engine import distributed as D
 from engine.methods.base import param, register
 from engine.methods.soft_label_step import (
     LookaheadCheck,
@@ -78,6 +79,7 @@ class MSLG(SoftLabelMethod):
         meta = ctx.meta_batches(epoch)
         meter = EpochMeter(ctx, epoch, ctx.steps_per_epoch())
         backoffs = self.check.backoffs
+        touched = torch.zeros(len(self.z), dtype=torch.bool, device=self.z.device)  # rows this process updated
         for step, b in enumerate(ctx.batches(epoch)):
             z = self.z[b.idx].clone().requires_grad_()
             surrogate, info, finish = soft_label_meta_step(
@@ -87,9 +89,12 @@ class MSLG(SoftLabelMethod):
             (gz,) = torch.autograd.grad(surrogate, z)
             z_new = (z - beta * gz).detach()  # eq. 2: plain SGD on the label variables
             self.z[b.idx] = z_new
+            touched[b.idx] = True
             loss = finish(torch.log_softmax(z_new, 1))
             meter.step(step, finite={"label variables": z_new, "loss": loss}, loss=loss, meta_loss=info["meta_loss"])
-        return {**meter.means(), **self.check.epoch_stats(backoffs, "--mslg-alpha")}
+        stats = {**meter.means(), **self.check.epoch_stats(backoffs, "--mslg-alpha")}
+        D.merge_rows(self.z, touched)  # several processes: each updated the rows of its shards; now all hold all
+        return stats
 
     def soft_labels(self) -> torch.Tensor:
         """softmax of the label variables; rows without a majority label (never trained on) get the model's output."""

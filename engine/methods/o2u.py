@@ -45,6 +45,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from engine import distributed as D
 from engine.errors import InputError, Problem
 from engine.losses import cross_entropy, upcast
 from engine.methods.base import Method, param, register
@@ -135,6 +136,14 @@ class O2U(Method):
     config_cls = O2UConfig
     needs_meta = False
 
+    @classmethod
+    def process_problems(cls, params: dict, processes: int) -> list:
+        size = int(params.get("cyclical_batch_size", 0) or 0)
+        if not size or (size % processes == 0 and size >= 2 * processes):
+            return []
+        return [Problem(f"--{cls.name}-cyclical-batch-size", f"{size} images do not split over {processes} processes "
+                        "into shards of at least 2", f"use a multiple of {processes}, at least {2 * processes}")]
+
     def __init__(self, cfg, ctx):
         super().__init__(cfg, ctx)
         self.n_main = max(0, ctx.epochs - ctx.warmup_epochs)
@@ -223,7 +232,7 @@ class O2U(Method):
                 if len(b.y) < 2:  # a last batch of one image: BatchNorm cannot train on it (the row is scored next epoch)
                     continue
                 with ctx.autocast():
-                    logits = model(b.x)
+                    logits = ctx.ddp(b.x)  # the model (inside DDP with several processes)
                 per_image = F.cross_entropy(upcast(logits), b.y, reduction="none")  # (B,)
                 loss = per_image.mean()
                 check_finite(loss, "main", epoch, step)
@@ -237,7 +246,10 @@ class O2U(Method):
                 n += len(b.y)
                 ctx.on_step({"stage": "main", "phase": "cyclical", "epoch": epoch, "step": step, "steps": steps,
                              "loss": value})
-        seen, losses = seen.cpu(), losses.cpu().double()
+        # several processes: each scored the rows of its shards; every process gets every row's loss
+        scored = torch.stack([losses, seen.float()], 1)
+        D.merge_rows(scored, seen)
+        seen, losses = scored[:, 1].cpu() > 0, scored[:, 0].cpu().double()
         if bool(seen.any()):
             self.loss_sum[seen] += losses[seen] - losses[seen].mean()  # O2U: each epoch's loss minus its mean
             self.loss_count[seen] += 1

@@ -14,6 +14,7 @@ from dataclasses import asdict, dataclass
 import torch
 import torch.nn.functional as F
 
+from engine import distributed as D
 from engine.errors import InputError, Problem
 from engine.losses import entropy, kl_prediction_to_label, upcast
 from engine.meta import (
@@ -132,10 +133,19 @@ def soft_label_meta_step(ctx, b, meta_batch, label_logp_fn, *, check: LookaheadC
     Returns (surrogate, meta_info, finish): the gradient of `surrogate` w.r.t. the meta parameters is the
     meta-gradient (b); `finish(new_label_logp)` does the real update (c) and returns its loss. meta_info["meta_loss"]
     is a 0-dim tensor (L_meta at θ' for "full", at θ for "first-order"; read it lazily: no host sync per step).
+
+    Several processes (`engine.distributed`; `b` and `meta_batch` are this process's shards of the global
+    batches): the virtual-step gradient, g' and the real update's gradient are averaged over the processes (one
+    all-reduce each, so θ', g' and the step are the global batch's), the look-ahead check decides on meta losses
+    averaged over them (the same decision everywhere), and `surrogate` is this process's share of the global
+    batch's surrogate (its rows' terms): per-image meta parameters (MSLG's label variables) get their exact
+    gradient from it, shared ones (MetaLabelNet's perceptron) the sum over the processes (`distributed.sum_`).
     """
     first_order = lookahead == "first-order"
+    params = trainable(ctx.model)
     if first_order:  # g' at θ first, then the training forward carries u = J g' as its tangent
         g_meta, meta_now = first_order_gradient(ctx.model, meta_batch.x, meta_batch.y, ctx.autocast)
+        D.average_(list(g_meta.values()))
         logits, u = forward_with_jvp(ctx.model, b.x, g_meta, autocast=ctx.autocast)
     else:
         with ctx.autocast():
@@ -150,7 +160,8 @@ def soft_label_meta_step(ctx, b, meta_batch, label_logp_fn, *, check: LookaheadC
         loss = real_loss(label_logp)
         ctx.optimizer.zero_grad(set_to_none=True)
         loss.backward()
-        grads = {n: p.grad if p.grad is not None else torch.zeros_like(p) for n, p in trainable(ctx.model).items()}
+        D.average_grads(params.values())
+        grads = {n: p.grad if p.grad is not None else torch.zeros_like(p) for n, p in params.items()}
     while True:
         if first_order:
             meta_surrogate = surrogate(logits, label_logp, classification_loss, u, check.alpha)
@@ -159,16 +170,19 @@ def soft_label_meta_step(ctx, b, meta_batch, label_logp_fn, *, check: LookaheadC
             meta_surrogate, info = lookahead_surrogate(
                 ctx.model, x=b.x, logits=logits, targets=label_logp, loss_fn=classification_loss,
                 meta_x=meta_batch.x, meta_y=meta_batch.y, lr=check.alpha, autocast=ctx.autocast, jvp_mode=meta_jvp,
-                grads=grads)
+                grads=grads, reduce=D.average_)
         if check.steps_left <= 0:
             break
         # the first steps only (host syncs are fine here): is the virtual step θ' = θ − α∇L a sane model?
         if first_order:
-            ahead, now = _lookahead_meta_loss(ctx, logits, label_logp, meta_batch, check.alpha, grads), float(meta_now)
+            ahead = _lookahead_meta_loss(ctx, logits, label_logp, meta_batch, check.alpha, grads)
+            now = float(D.mean_value(meta_now))
         else:
-            ahead, now = float(info["meta_loss"]), _meta_loss(ctx, meta_batch)
+            ahead, now = float(D.mean_value(info["meta_loss"])), _meta_loss(ctx, meta_batch)
         if check.accept(ahead, now):
             break
+    if D.world().active:  # this process's share of the global surrogate (see the docstring)
+        meta_surrogate = meta_surrogate / D.world().size
 
     def finish(new_label_logp: torch.Tensor) -> torch.Tensor:
         nonlocal loss
@@ -176,6 +190,7 @@ def soft_label_meta_step(ctx, b, meta_batch, label_logp_fn, *, check: LookaheadC
             loss = real_loss(new_label_logp)
             ctx.optimizer.zero_grad(set_to_none=True)
             loss.backward()
+            D.average_grads(params.values())
         ctx.optimizer.step()
         return loss.detach()
 
@@ -188,15 +203,17 @@ def _lookahead_meta_loss(ctx, logits, label_logp, meta_batch, alpha: float, grad
     if grads is None:
         loss = classification_loss(logits, label_logp.detach())
         grads = dict(zip(params, torch.autograd.grad(loss, list(params.values()), retain_graph=True), strict=True))
+        D.average_(list(grads.values()))
     ahead = sgd_lookahead(params, grads, alpha)
     with torch.no_grad(), ctx.autocast(), frozen_norm_stats(ctx.model):
         out = torch.func.functional_call(ctx.model, ahead, (meta_batch.x,), strict=False)
-    return float(F.cross_entropy(upcast(out), meta_batch.y))
+    return float(D.mean_value(F.cross_entropy(upcast(out), meta_batch.y)))
 
 
 @torch.no_grad()
 def _meta_loss(ctx, meta_batch) -> float:
-    """Cross-entropy of the current model on the meta batch, normalised like the look-ahead's (batch statistics)."""
+    """Cross-entropy of the current model on the meta batch, normalised like the look-ahead's (batch statistics),
+    averaged over the processes."""
     with ctx.autocast(), frozen_norm_stats(ctx.model):
         logits = ctx.model(meta_batch.x)
-    return float(F.cross_entropy(upcast(logits), meta_batch.y))
+    return float(D.mean_value(F.cross_entropy(upcast(logits), meta_batch.y)))

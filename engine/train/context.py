@@ -18,6 +18,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from engine import distributed as D
+
 
 class TensorData:
     """Images (N, C, H, W) uint8, integer targets (N,) (-1 = no label) and optionally the experts' vote shares
@@ -110,6 +112,9 @@ class TrainContext:
         self._std = torch.tensor(self.std, device=self.device).view(1, -1, 1, 1)
         if self.optimizer is None:
             self.optimizer = self.make_sgd(self.model)
+        # the model as the DDP-style steps train it: inside DistributedDataParallel with several processes (its
+        # backward averages the gradients over them), the model itself with one (engine.distributed)
+        self.ddp = D.wrap(self.model, self.device)
 
     # --- optimisation -------------------------------------------------------------------------------------
     def make_sgd(self, model: nn.Module) -> torch.optim.SGD:
@@ -154,7 +159,17 @@ class TrainContext:
                 stream: int = 0, augment: bool = True) -> Iterator[Batch]:
         """Shuffled batches for one epoch, seeded by (seed, epoch, stream); stops early at `max_steps`.
 
-        `data` may live on any device: each batch is gathered where the data is and moved to `self.device`."""
+        `data` may live on any device: each batch is gathered where the data is and moved to `self.device`.
+        With several processes each batch is this process's shard of the global batch (`take`)."""
+        data = data or self.train
+        for idx, flip in self.index_batches(epoch, data=data, labeled_only=labeled_only, stream=stream,
+                                            augment=augment):
+            yield self.take(data, idx, flip)
+
+    def index_batches(self, epoch: int, *, data: TensorData | None = None, labeled_only: bool = True,
+                      stream: int = 0, augment: bool = True) -> Iterator[tuple[torch.Tensor, torch.Tensor | None]]:
+        """The global batches of one epoch as (row indices (B,), their flips (B,) bool or None), on the CPU: the
+        same in every process (one seeded permutation), so that the processes' shards are disjoint."""
         data = data or self.train
         gen = torch.Generator().manual_seed(epoch_seed(self.seed, epoch, stream))
         pool = torch.arange(len(data))
@@ -162,11 +177,19 @@ class TrainContext:
             pool = pool[(data.targets >= 0).cpu()]
         order = pool[torch.randperm(len(pool), generator=gen)]
         flips = (torch.rand(len(data), generator=gen) < 0.5) if (self.flip and augment) else None
-        n_steps = self.steps_per_epoch(len(order))
-        for step in range(n_steps):
+        for step in range(self.steps_per_epoch(len(order))):
             idx = order[step * self.batch_size:(step + 1) * self.batch_size]
-            flip = None if flips is None else flips[idx].to(self.device, non_blocking=True)
-            yield self._batch(data, idx, flip)
+            yield idx, None if flips is None else flips[idx]
+
+    def take(self, data: TensorData, idx: torch.Tensor, flip: torch.Tensor | None = None) -> Batch:
+        """This process's share of the global batch `idx` (CPU row indices, with their flips) as a Batch: all of it
+        with one process, else every W-th row from this rank on (`engine.distributed.shard`)."""
+        if D.world().active:
+            keep = D.shard(torch.arange(len(idx)))
+            if not len(keep):
+                raise ValueError(f"a batch of {len(idx)} images cannot be split over {D.world().size} processes")
+            idx, flip = idx[keep], None if flip is None else flip[keep]
+        return self._batch(data, idx, None if flip is None else flip.to(self.device, non_blocking=True))
 
     def _batch(self, data: TensorData, idx: torch.Tensor, flip: torch.Tensor | None) -> Batch:
         """Rows `idx` (a CPU index tensor) of `data`, gathered on the data's device, then put on `self.device`."""
@@ -181,20 +204,26 @@ class TrainContext:
         return Batch(self.prepare(images, flip), targets, dev_idx, flip, soft)
 
     def steps_per_epoch(self, n: int | None = None) -> int:
-        """Batches per epoch; a last batch of a single image is dropped (BatchNorm cannot train on one sample)."""
+        """Batches per epoch; a last batch that cannot give every process 2 images is dropped (BatchNorm cannot
+        train on one sample): with one process, a last batch of a single image."""
         n = int((self.train.targets >= 0).sum()) if n is None else n
         steps = max(1, -(-n // self.batch_size))
-        if n > 1 and n % self.batch_size == 1:
+        if steps > 1 and n - (steps - 1) * self.batch_size < D.min_batch():
             steps -= 1
         return min(steps, self.max_steps) if self.max_steps else steps
 
     def meta_batches(self, epoch: int, *, stream: int = 1) -> Iterator[Batch]:
         """An endless stream of meta batches (reshuffled every pass), seeded by (seed, epoch)."""
+        for idx, flip in self.meta_index_batches(epoch, stream=stream):
+            yield self.take(self.meta, idx, flip)
+
+    def meta_index_batches(self, epoch: int, *, stream: int = 1) -> Iterator[tuple[torch.Tensor, torch.Tensor | None]]:
+        """`meta_batches` as global (row indices, flips), for methods that split a meta batch before sharding it."""
         n = 0
         saved, self.max_steps = self.max_steps, 0
         try:
             while True:
-                yield from self.batches(epoch * 1000 + n, data=self.meta, stream=stream)
+                yield from self.index_batches(epoch * 1000 + n, data=self.meta, stream=stream)
                 n += 1
         finally:
             self.max_steps = saved
@@ -206,19 +235,30 @@ class TrainContext:
             idx = torch.arange(start, min(start + batch_size, len(data)))
             yield self._batch(data, idx, torch.full((len(idx),), flip, dtype=torch.bool, device=self.device))
 
+    @torch.no_grad()
+    def map_rows(self, data: TensorData, fn: Callable[[Batch], torch.Tensor], *, flip: bool = False,
+                 width: tuple[int, ...] = ()) -> torch.Tensor:
+        """fn(batch) -> (b, *width) over all rows of `data` in index order, without augmentation; on the CPU. With
+        several processes each evaluates its own block of rows and every process gets all of them
+        (`engine.distributed.gather_rows`): every process must call it at the same point."""
+        lo, hi = D.my_block(len(data))
+        part = data if (lo, hi) == (0, len(data)) else data.subset(torch.arange(lo, hi))
+        out = [fn(b).cpu() for b in self.ordered(part, flip=flip)]
+        local = torch.cat(out) if out else torch.zeros((0, *width))
+        return D.gather_rows(local, len(data))
+
     # --- evaluation ---------------------------------------------------------------------------------------
     @torch.no_grad()
     def predict(self, data: TensorData, model: nn.Module | None = None) -> torch.Tensor:
-        """Softmax probabilities (N, K) in eval mode, on the CPU."""
+        """Softmax probabilities (N, K) in eval mode, on the CPU (split over the processes, see `map_rows`)."""
         model = model or self.model
         was_training = model.training
         model.eval()
-        out = []
         with self.autocast():
-            for b in self.ordered(data):
-                out.append(torch.softmax(model(b.x).float(), dim=1).cpu())
+            probs = self.map_rows(data, lambda b: torch.softmax(model(b.x).float(), dim=1),
+                                  width=(self.num_classes,))
         model.train(was_training)
-        return torch.cat(out) if out else torch.zeros(0, self.num_classes)
+        return probs
 
     def predict_train(self, model: nn.Module | None = None, rows: torch.Tensor | None = None) -> torch.Tensor:
         """Predictions for the training set (N, K), or only for the training-set indices `rows` (R, K)."""
@@ -242,5 +282,6 @@ class NonFiniteLoss(RuntimeError):
 
 
 def check_finite(loss: torch.Tensor, stage: str, epoch: int, step: int, name: str = "loss") -> None:
-    if not torch.isfinite(loss).all():
+    """Raise `NonFiniteLoss` when `loss` has a NaN/inf, in every process of a distributed run at once."""
+    if D.any_true(not bool(torch.isfinite(loss).all())):
         raise NonFiniteLoss(stage, epoch, step, name)

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
+from engine import distributed as D
 from engine.methods.base import Method
 from engine.train.context import TrainContext, epoch_seed, seed_everything
 from engine.train.steps import ce_epoch
@@ -91,6 +92,7 @@ def fit(ctx: TrainContext, method: Method, *, state: FitState | None = None,
         stage = "warmup" if warm else "main"
         if on_epoch_start:
             on_epoch_start(epoch, stage)
+        traffic = D.TRAFFIC["all_reduce_bytes"]
         if warm:
             stats = ce_epoch(ctx, epoch, stage="warmup")
         else:
@@ -98,6 +100,7 @@ def fit(ctx: TrainContext, method: Method, *, state: FitState | None = None,
                 method.start()
                 state.started = True
             stats = method.train_epoch(epoch)
+        stats = _across_processes(ctx, stats, traffic)
         t_eval = time.time()
         model = method.model_for_eval()
         meta_acc = ctx.accuracy(ctx.meta, model)
@@ -125,10 +128,24 @@ def fit(ctx: TrainContext, method: Method, *, state: FitState | None = None,
         record["seconds"] = time.time() - t0
         state.history.append(record)
         state.epoch = epoch
+        D.check_in_sync({"model": ctx.model.state_dict(), "optimizer": ctx.optimizer.state_dict()["state"],
+                         "method": method.state_dict() if state.started else {}}, "model, optimiser or method state")
         if on_epoch_end:
             on_epoch_end(state)
     _finish(ctx, method, state)
     return state
+
+
+def _across_processes(ctx: TrainContext, stats: dict, traffic_before: int) -> dict:
+    """After an epoch's training with several processes: its statistics averaged over them, the bytes this process
+    all-reduced (`allreduce_mb`), and the BatchNorm running statistics averaged (each normalised its own shards), so
+    that every process evaluates the same model. One process: `stats` as they are."""
+    if not D.world().active:
+        return stats
+    sent = D.TRAFFIC["all_reduce_bytes"] - traffic_before
+    stats = D.mean_stats(stats)
+    D.sync_buffers(ctx.model)
+    return {**stats, "allreduce_mb": sent / 1e6}
 
 
 def _finish(ctx: TrainContext, method: Method, state: FitState) -> None:

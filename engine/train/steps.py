@@ -7,6 +7,7 @@ import math
 
 import torch
 
+from engine import distributed as D
 from engine.losses import cross_entropy, soft_cross_entropy
 from engine.train.context import Batch, NonFiniteLoss, TrainContext
 
@@ -19,7 +20,9 @@ class EpochMeter:
     Values may be 0-dim tensors. On the CPU each step is read at once; on a GPU the pending steps are read back in
     one transfer every `SYNC_EVERY` steps (and after the first), so the GPU never waits for the host between steps.
     `finite={name: tensor}` marks tensors that must be finite: when read, a NaN/inf raises `NonFiniteLoss` naming the
-    step (on a GPU up to SYNC_EVERY − 1 steps later than it happened; the last checkpoint is from an earlier epoch).
+    step (on a GPU up to SYNC_EVERY − 1 steps later than it happened; the last checkpoint is from an earlier epoch),
+    in every process of a distributed run at once. Values are this process's (its shard's); `fit` averages the
+    epoch's means over the processes.
     """
 
     def __init__(self, ctx: TrainContext, epoch: int, steps: int, *, stage: str = "main", **fixed):
@@ -47,12 +50,18 @@ class EpochMeter:
                         for t in finite.values()]
         numbers = iter(torch.stack(scalars).tolist())
         pending, self.pending = self.pending, []
+        records, bad = [], None
         for step, weight, values, finite in pending:
-            record = {k: next(numbers) for k in values}
+            records.append((step, weight, {k: next(numbers) for k in values}))
             for name, t in finite.items():
                 ok = next(numbers)
-                if not (math.isfinite(ok) if t.dim() == 0 else ok == 1.0):
-                    raise NonFiniteLoss(self.stage, self.epoch, step, name)
+                if bad is None and not (math.isfinite(ok) if t.dim() == 0 else ok == 1.0):
+                    bad = (step, name)
+        # every process stops at the same step (several processes: one finds the NaN, all raise)
+        if D.any_true(bad is not None):
+            step, name = bad or (pending[0][0], "loss (on another process)")
+            raise NonFiniteLoss(self.stage, self.epoch, step, name)
+        for step, weight, record in records:
             for k, v in record.items():
                 self.sums[k] = self.sums.get(k, 0.0) + v * weight
             self.weight += weight
@@ -86,13 +95,18 @@ def ce_epoch(ctx: TrainContext, epoch: int, *, stage: str, model=None, optimizer
 def hard_label_step(ctx: TrainContext, model, optimizer, b: Batch, *, loss_fn=cross_entropy,
                     clip: float = 0.0) -> torch.Tensor:
     """Forward, loss (cross-entropy: on the vote shares `b.soft` when present, else on `b.y`), backward, (optional
-    grad-norm clip), SGD step. Returns the detached loss."""
+    grad-norm clip), SGD step. Returns the detached loss.
+
+    Several processes: the context's model trains through DistributedDataParallel (`ctx.ddp`), whose backward
+    averages the gradients over the processes; another model has them averaged after its backward."""
     with ctx.autocast():
-        logits = model(b.x)
+        logits = (ctx.ddp if model is ctx.model else model)(b.x)
     # cross-entropy trains on the experts' vote shares when the batch carries them (a 2–1 split is not a 3–0 vote)
     loss = soft_cross_entropy(logits, b.soft) if b.soft is not None and loss_fn is cross_entropy else loss_fn(logits, b.y)
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
+    if model is not ctx.model:
+        D.average_grads(model.parameters())
     if clip:
         torch.nn.utils.clip_grad_norm_(model.parameters(), clip)
     optimizer.step()

@@ -48,6 +48,11 @@ def _launch(at, method=None, **fields):
     assert not at.exception, at.exception
     if method:
         at.selectbox(key="train_method").set_value(method).run()
+    _submit(at, **fields)
+
+
+def _submit(at, **fields):
+    """Set the form's number fields (train_<name>) and press Launch training."""
     for name, value in fields.items():
         at.number_input(key=f"train_{name}").set_value(value)
     next(b for b in at.form_submit_button if b.label == "Launch training").click().run()
@@ -315,3 +320,49 @@ def test_a_resumed_job_is_running_before_its_process_writes_a_status(at, demo, w
     finally:
         os.killpg(proc.pid, signal.SIGTERM)
         proc.wait(timeout=20)
+
+
+def _fake_nvidia_smi(tmp_path, monkeypatch, n: int) -> None:
+    """An `nvidia-smi` on PATH that lists `n` GPUs (the app counts them without importing torch)."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    script = bin_dir / "nvidia-smi"
+    lines = "".join(f"echo 'GPU {i}: NVIDIA H100 (UUID: GPU-{i})'\n" for i in range(n))
+    script.write_text("#!/bin/sh\n" + lines)
+    script.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+
+
+def test_several_visible_gpus_are_offered_and_the_run_goes_through_torchrun(at, demo, workspace, fake_engine,
+                                                                           tmp_path, monkeypatch):
+    """Two GPUs visible: the form offers 1 or 2 (2 preselected) and the launch asks the engine for --nproc 2, which
+    starts torchrun; the options parse into runtime.nproc = 2 (recorded in config.json, so Resume does the same)."""
+    from engine.cli import build_parser
+    from engine.commands.run import config_from_args
+    from engine.launch import torchrun_command
+
+    _fake_nvidia_smi(tmp_path, monkeypatch, 2)
+    at.run()
+    at.switch_page("views/train.py").run()
+    assert not at.exception, at.exception
+    gpus = at.selectbox(key="train_gpus")
+    assert gpus.options == ["1", "2"] and gpus.value == 2
+    _submit(at, schedule_epochs=2, schedule_warmup_epochs=1)
+    argv = fake_engine[0]
+    assert argv[argv.index("--nproc") + 1] == "2"
+    cfg = config_from_args(build_parser().parse_args(["run", *argv]))
+    assert cfg.runtime.nproc == 2
+    cmd = torchrun_command(["run", *argv], cfg.runtime.nproc)
+    assert cmd[1:7] == ["-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m"]
+    for r in WorkspaceStore(workspace / "review.db").list_runs():
+        jobs.cancel(jobs.view(r))
+
+
+def test_one_or_no_gpu_shows_no_gpu_choice(at, demo, workspace, tmp_path, monkeypatch):
+    _fake_nvidia_smi(tmp_path, monkeypatch, 1)
+    at.run()
+    at.switch_page("views/train.py").run()
+    assert not at.exception, at.exception
+    assert not [s for s in at.selectbox if s.key == "train_gpus"]
+    assert not [n for n in at.number_input if n.key == "train_runtime_nproc"]  # not a free number field either
