@@ -260,11 +260,9 @@ def _escalate(pid: int, run_dir: Path, grace: float = CANCEL_GRACE_S) -> None:
 
 
 def read_metrics(run_dir: Path) -> dict:
-    try:
-        data = json.loads((Path(run_dir) / "metrics.json").read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return {}
-    return data if isinstance(data, dict) else {}
+    from engine.rundir import RunDir
+
+    return RunDir(run_dir).read_metrics()
 
 
 def read_progress(run_dir: Path, *, max_bytes: int = 4_000_000) -> list[dict]:

@@ -20,6 +20,7 @@ COMMANDS = {
     "run": "run",
     "predict": "predict",
     "export": "export",
+    "metrics": "metrics",
     "methods": "methods",
 }
 

@@ -118,12 +118,24 @@ class RuntimeConfig:
                              "point before the run fails (a hung process)")
 
 
+@dataclass(frozen=True)
+class ReviewConfig:
+    """Closing the loop: a clinician's review decisions flow back into a new run (engine/reviewed.py,
+    engine/warmstart.py)."""
+
+    reviewed: str = _f("", "CSV of verified labels: an export (its rows with source=review) or image,label; verified "
+                       "images keep that label as training target and as a known label in the label estimate")
+    from_run: str = _f("", "earlier run folder to warm-start from (its model.pt and cross-fitting folds); its settings "
+                       "are the defaults of this run and its schedule is shortened (engine/warmstart.py)")
+
+
 GROUPS: dict[str, type] = {
     "data": DataConfig,
     "model": ModelConfig,
     "schedule": ScheduleConfig,
     "pretrain": PretrainConfig,
     "estimate": EstimateConfig,
+    "review": ReviewConfig,
     "runtime": RuntimeConfig,
 }
 
@@ -135,6 +147,7 @@ class RunConfig:
     schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
     pretrain: PretrainConfig = field(default_factory=PretrainConfig)
     estimate: EstimateConfig = field(default_factory=EstimateConfig)
+    review: ReviewConfig = field(default_factory=ReviewConfig)
     runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
     method_params: dict[str, Any] = field(default_factory=dict)  # asdict of the method's own config
 

@@ -73,17 +73,26 @@ MakeContext = Callable[[TensorData, TensorData, int], TrainContext]
 
 
 def crossfit(make_ctx: MakeContext, method_cls, method_cfg, train: TensorData, meta: TensorData, *, k: int,
-             seed: int, done: dict | None = None, on_fold: Callable[[int, dict], None] | None = None) -> CrossFit:
+             seed: int, done: dict | None = None, on_fold: Callable[[int, dict], None] | None = None,
+             folds: tuple[np.ndarray, np.ndarray] | None = None) -> CrossFit:
     """Train `k` fold networks with `method_cls(method_cfg, ctx)` and collect their held-out probabilities.
 
-    make_ctx(train_part, meta_part, fold) -> a TrainContext with a fresh network and the fold schedule. `done` holds
+    make_ctx(train_part, meta_part, fold) -> a TrainContext with the fold's network and schedule. `done` holds
     the results of folds finished before an interruption ({fold: {"train": (n, K), "meta": (m, K), "seconds"}}),
-    which are reused; `on_fold(fold, result)` is called after each new fold (the pipeline checkpoints it).
+    which are reused; `on_fold(fold, result)` is called after each new fold (the pipeline checkpoints it); a new
+    fold's result also holds its selected network ("model", a CPU state dict) and its held-out rows ("train_idx",
+    "meta_idx"), so a later run can warm-start each fold network on the same folds (engine/warmstart.py).
+    `folds` = (train folds (N_train,), meta folds (N_meta,)) fixes the assignment (default: `assign_folds`).
     """
     if k < 2:
         raise ValueError(f"cross-fitting needs at least 2 folds, got {k}")
     train_y, meta_y = train.targets.cpu().numpy(), meta.targets.cpu().numpy()
-    tf, mf = assign_folds(train_y, k, seed), assign_folds(meta_y, k, seed + 1)
+    if folds is None:
+        tf, mf = assign_folds(train_y, k, seed), assign_folds(meta_y, k, seed + 1)
+    else:
+        tf, mf = (np.asarray(f, dtype=int) for f in folds)
+        if tf.shape != train_y.shape or mf.shape != meta_y.shape:
+            raise ValueError(f"folds have shapes {tf.shape}, {mf.shape}; expected {train_y.shape}, {meta_y.shape}")
     done = dict(done or {})
     n_classes = None
     train_probs = meta_probs = None
@@ -99,7 +108,9 @@ def crossfit(make_ctx: MakeContext, method_cls, method_cfg, train: TensorData, m
             model = restore_best(ctx, method, state)
             done[f] = {"train": ctx.predict(train.subset(np.flatnonzero(tf == f)), model).numpy(),
                        "meta": ctx.predict(meta.subset(np.flatnonzero(mf == f)), model).numpy(),
-                       "seconds": time.time() - t0}
+                       "seconds": time.time() - t0,
+                       "model": {name: v.detach().cpu().clone() for name, v in model.state_dict().items()},
+                       "train_idx": np.flatnonzero(tf == f), "meta_idx": np.flatnonzero(mf == f)}
             if on_fold:
                 on_fold(f, done[f])
         res = done[f]

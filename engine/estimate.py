@@ -215,14 +215,16 @@ PATTERN_STRENGTH = 30.0  # pseudo-images per class pulling the vote-pattern like
 
 
 def label_estimate(prior: np.ndarray, votes: np.ndarray, *, known: np.ndarray, calibrate: bool,
-                   calibration_rows: np.ndarray, experts: str = "correlated", confusions: str = "em") -> Estimate:
+                   calibration_rows: np.ndarray, experts: str = "correlated", confusions: str = "em",
+                   has_probs: np.ndarray | None = None) -> Estimate:
     """The product's estimate (what `engine run` and the benchmark both call).
 
     prior (N, K) out-of-sample model probabilities; votes (N, E); known (N,) meta labels (-1 = unknown);
     calibrate: fit the temperature on `calibration_rows` (else T = 1); experts: `correlated` scores each image's
     vote pattern as one observation (`pattern_likelihood`; with a single expert it is the confusion matrix),
     `independent` multiplies the experts' confusion matrices (classic Dawid–Skene), `none` ignores the votes;
-    confusions: how the experts' confusion matrices are fitted (`em` or `moments`, see `estimate_labels`).
+    confusions: how the experts' confusion matrices are fitted (`em` or `moments`, see `estimate_labels`);
+    has_probs (N,) bool: the rows whose prior is a real model probability (default: all; see `estimate_labels`).
     EM starts from the vote shares times the prior (classic Dawid–Skene): starting from the model's view alone would
     leave EM at "nothing is known" whenever the model is uninformative (its temperature then flattens it).
     """
@@ -232,7 +234,7 @@ def label_estimate(prior: np.ndarray, votes: np.ndarray, *, known: np.ndarray, c
     if experts == "none" or votes.size == 0:
         votes = np.full((len(prior), 1), -1)
     strength = PATTERN_STRENGTH if experts == "correlated" and votes.shape[1] > 1 else None
-    return estimate_labels(prior, votes, known=known, temperature=None if calibrate else 1.0,
+    return estimate_labels(prior, votes, known=known, has_probs=has_probs, temperature=None if calibrate else 1.0,
                            calibration_rows=calibration_rows, pattern_strength=strength, confusion_fit=confusions)
 
 

@@ -3,7 +3,9 @@
 Rule for `final_label` / `source`, first match wins (expert labels are never silently replaced by unreviewed
 model output):
 1. `review`    — the image has a review decision (its latest non-skip decision): its `new_label`, with
-                 `reviewer`, `reviewed_at` (the decision's UTC time) and `note`.
+                 `reviewer`, `reviewed_at` (the decision's UTC time) and `note`; or the run was given the image's
+                 verified label with `--reviewed` (labels.csv `verified`=1): that label, with the reviewer, time and
+                 note the run kept in RUNDIR/reviewed.csv. A decision in the store wins over a verified label.
 2. `consensus` — graders agreed (`consensus` true): the `majority` label.
 3. `majority`  — any other graded image, flagged or not: the experts' `majority` label is kept until a reviewer
                  decides otherwise (a flag is a question for a human, not an answer).
@@ -34,7 +36,8 @@ from engine.store import WorkspaceStore
 RUN_REVIEW_DB = "review.db"  # a run folder's own decision store, used when no store is passed
 PROVENANCE_SUFFIX = ".provenance.json"
 RULE = (
-    "review: the latest non-skip review decision of the image (reviewer, reviewed_at, note from it)",
+    "review: the latest non-skip review decision of the image (reviewer, reviewed_at, note from it); else the "
+    "verified label the run was given with --reviewed (labels.csv verified=1; reviewer etc. from RUNDIR/reviewed.csv)",
     "consensus: graders agreed (consensus true) -> majority",
     "majority: graded but no consensus, flagged or not, not reviewed -> majority (experts are kept)",
     "model: nobody graded the image -> the model's suggested label",
@@ -49,9 +52,12 @@ def provenance_path(out: Path | str) -> Path:
 
 def _fill_later_columns(frame: pd.DataFrame, classes: list[str]) -> None:
     """Runs written before the label-estimation stage lack flag_code, priority and method_p:<class>: no codes, the
-    queue ordered by flag_score, and the method's view equal to p:<class>."""
+    queue ordered by flag_score, and the method's view equal to p:<class>; runs before --reviewed lack `verified`
+    (none is)."""
     if schema.FLAG_CODE not in frame.columns:
         frame[schema.FLAG_CODE] = ""
+    if schema.VERIFIED not in frame.columns:
+        frame[schema.VERIFIED] = "0"
     if schema.PRIORITY not in frame.columns and schema.FLAG_SCORE in frame.columns:
         frame[schema.PRIORITY] = frame[schema.FLAG_SCORE]
     for c in classes:
@@ -100,7 +106,7 @@ def read_labels(path: Path | str) -> tuple[pd.DataFrame, list[str]]:
         for col in (schema.MAJORITY, schema.SUGGESTED):
             if rec[col] and rec[col] not in known:
                 bad(f"{col} '{rec[col]}' is not one of the classes {', '.join(classes)}")
-        for col in (schema.CONSENSUS, schema.FLAG):
+        for col in (schema.CONSENSUS, schema.FLAG, schema.VERIFIED):
             if rec[col].strip() and schema.parse_bool(rec[col]) is None:  # empty = false
                 bad(f"{col} must be true/false or 1/0, got '{rec[col]}'")
         if _truthy(rec[schema.CONSENSUS]) and not rec[schema.MAJORITY]:
@@ -130,7 +136,7 @@ def export_labels(
         raise InputError(Problem(str(out), "the export would overwrite the run's labels.csv", "choose another --out"))
     labels, classes = read_labels(labels_path)
 
-    review_store, owned = _open_store(run_dir, store)
+    review_store, owned = open_store(run_dir, store)
     try:
         decisions = review_store.current_decisions(run_dir) if review_store is not None else None
         store_name = str(review_store.path) if review_store is not None else None
@@ -155,9 +161,10 @@ def export_labels(
         if problems:
             raise InputError(problems)
 
+    carried = _verified_decisions(run_dir, labels, classes)
     rows = []
     for rec in labels.to_dict("records"):
-        d = by_image.get(rec[schema.IMAGE])
+        d = by_image.get(rec[schema.IMAGE]) or carried.get(rec[schema.IMAGE])
         if d is not None:
             final, source = d["new_label"], "review"
         elif _truthy(rec[schema.CONSENSUS]):
@@ -198,6 +205,7 @@ def export_labels(
                 "labels_sha256": file_sha256(labels_path),
                 "review_store": store_name,
                 "decisions_applied": len(by_image),
+                "verified_in_run": len(carried),
                 "exported_at": pd.Timestamp.now(tz="UTC").isoformat(timespec="seconds"),
                 "engine_version": __version__,
                 "rule": list(RULE),
@@ -206,13 +214,34 @@ def export_labels(
     return frame
 
 
+def _verified_decisions(run_dir: Path, labels: pd.DataFrame, classes: list[str]) -> dict[str, dict]:
+    """Verified labels of the run (labels.csv `verified`=1, label = the argmax of p:<class>, which is one-hot on it)
+    as decisions, with reviewer, time and note from RUNDIR/reviewed.csv when it has them."""
+    from engine.reviewed import LABEL, read_run_reviewed
+
+    rows = labels[labels[schema.VERIFIED].map(_truthy)]
+    if rows.empty:
+        return {}
+    kept = read_run_reviewed(run_dir / "reviewed.csv").set_index(schema.IMAGE)
+    out = {}
+    for rec in rows.to_dict("records"):
+        probs = [_float(rec[schema.prob_col(c)]) for c in classes]
+        label = classes[max(range(len(classes)), key=lambda j: probs[j])]
+        info = kept.loc[rec[schema.IMAGE]].to_dict() if rec[schema.IMAGE] in kept.index else {}
+        if info.get(LABEL) and info[LABEL] != label:  # labels.csv is the truth of the run; a stale copy is ignored
+            info = {}
+        out[rec[schema.IMAGE]] = {"new_label": label, "reviewer": info.get(schema.REVIEWER, ""),
+                                  "decided_at": info.get(schema.REVIEWED_AT, ""), "note": info.get(schema.NOTE, "")}
+    return out
+
+
 def counts_by_source(frame: pd.DataFrame) -> dict[str, int]:
     """Rows per source, every source listed (0 when absent), in `schema.SOURCES` order."""
     counts = frame[schema.SOURCE].value_counts()
     return {s: int(counts.get(s, 0)) for s in schema.SOURCES}
 
 
-def _open_store(run_dir: Path, store: WorkspaceStore | str | Path | None) -> tuple[WorkspaceStore | None, bool]:
+def open_store(run_dir: Path, store: WorkspaceStore | str | Path | None) -> tuple[WorkspaceStore | None, bool]:
     """(store, opened_here). A path that does not exist is an error: a typo must not export without decisions."""
     if isinstance(store, WorkspaceStore):
         return store, False

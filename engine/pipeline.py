@@ -247,6 +247,9 @@ def run(cfg: RunConfig) -> Path:
 
     Started by torchrun, this process joins the others (`engine.distributed`) and trains its share; process 0
     checks the inputs and writes the run folder."""
+    from engine.warmstart import with_warm_defaults
+
+    cfg = with_warm_defaults(cfg)  # --from-run: unset schedule options from the earlier run's, shortened
     cfg = cfg.resolved()  # unset schedule options from the recipe (recorded in config.json)
     validate_config(cfg)
     device = _join_processes(cfg)
@@ -269,7 +272,9 @@ def preflight(cfg: RunConfig, device: torch.device) -> tuple[R.RunDir, PreparedD
     """Every check that needs no training, before anything is written: the run folder (resume or empty), the
     dataset (every problem at once), the backbone and its weights, and the batch sizes for several processes.
     `engine run --nproc N` calls it once before starting the processes; in a run it is done by process 0."""
-    cfg = cfg.resolved()
+    from engine.warmstart import load_warm_model, with_warm_defaults
+
+    cfg = with_warm_defaults(cfg).resolved()  # idempotent: `run` has applied it already
     validate_config(cfg)
     w = D.world()
     if not w.active and cfg.runtime.nproc > 1:  # `engine run --nproc N`: can N processes share this device?
@@ -284,6 +289,12 @@ def preflight(cfg: RunConfig, device: torch.device) -> tuple[R.RunDir, PreparedD
     _check_precision(cfg, device)
     model = _create_model(cfg, len(data.classes))  # checks backbone and weights before anything is written
     _check_image_size(model, cfg)
+    if cfg.review.from_run and not cfg.runtime.resume:
+        load_warm_model(model, cfg, data.classes)  # checks that it fits; the checkpoint holds it on resume
+    if cfg.review.reviewed:
+        from engine.reviewed import read_reviewed
+
+        read_reviewed(cfg.review.reviewed, images=data.frame[S.IMAGE], classes=data.classes)  # every problem at once
     _check_processes(cfg, data, cfg.runtime.nproc if not w.active else w.size)
     return rd, data, model
 
@@ -337,18 +348,24 @@ def _check_processes(cfg: RunConfig, data: PreparedData, processes: int) -> None
 
 
 def _run(cfg: RunConfig, device: torch.device) -> Path:
-    rd, data, model = preflight(cfg, device)
+    from engine.reviewed import load_for_run, write_reviewed
+    from engine.warmstart import warm_record
+
+    rd, data, model = preflight(cfg, device)  # the model holds the earlier run's weights in a warm run
+    reviewed, review_info = load_for_run(cfg.review.reviewed, data.frame, data.classes)  # --reviewed: verified labels
     w = D.world()
     out = rd.root
     out.mkdir(parents=True, exist_ok=True)
     rd.write_status("running", stage="setup", epoch=0, of=cfg.schedule.epochs, pid=_pid(), message="")
     if w.main:
         resolved = {**cfg.to_dict(), "versions": versions(), "git_commit": git_commit(), "classes": data.classes,
-                    "device": str(device), "world_size": w.size, "nodes": w.nodes}
+                    "device": str(device), "world_size": w.size, "nodes": w.nodes, **warm_record(cfg)}
         if w.active:  # what actually ran (with plain torchrun, --nproc is not given)
             resolved["runtime"]["nproc"] = w.local_size
         atomic.write_json(rd.path(R.CONFIG), resolved)
         atomic.write_csv(rd.path(R.ROLES), data.frame[[S.IMAGE, S.ROLE]])
+        if reviewed is not None:
+            write_reviewed(rd.path(R.REVIEWED), reviewed)
     rd.log(f"run {cfg.runtime.method} on {cfg.data.dataset} ({len(data.frame)} images, classes {data.classes}) "
            f"device {device}")
     if w.active:
@@ -363,13 +380,19 @@ def _run(cfg: RunConfig, device: torch.device) -> Path:
            f", momentum {sch.momentum:g}, weight decay {sch.weight_decay:g}")
     for warning in data.warnings:
         rd.log(f"warning: {warning}")
+    if review_info:
+        rd.log(f"verified labels: {review_info['n_verified']} from {cfg.review.reviewed} "
+               f"({review_info['changed_from_majority']} differ from the experts' majority)")
+    if cfg.review.from_run:
+        rd.log(f"warm start from {cfg.review.from_run}: its model.pt; its settings where none were given")
     t0 = time.time()
     try:
         pixels = D.node_first(lambda: load_pixels(data, cfg, log=rd.log))  # the first fills this machine's cache
-        if cfg.pretrain.pretrain and not cfg.runtime.resume:
+        if cfg.pretrain.pretrain and not cfg.runtime.resume and not cfg.review.from_run:
             model = _pretrain(cfg, rd, device, len(data.classes))
         result = _train(cfg, rd, data, pixels, model, device)
         result["estimate"] = _estimate(cfg, rd, data, result, pixels, device)
+        result["review"] = review_info
         if w.main:
             _write_outputs(cfg, rd, data, result, device, time.time() - t0)
     except KeyboardInterrupt:
@@ -536,6 +559,10 @@ def _tensors(data: PreparedData, pixels: np.ndarray, roles: tuple[str, ...], *, 
         graded = counts.sum(1, keepdims=True)
         shares = np.where(graded > 0, counts / np.maximum(graded, 1), 1.0 / len(data.classes))
         shares[targets < 0] = 1.0 / len(data.classes)  # role=unlabeled: its votes stay out of training
+        if "_verified" in data.frame:
+            from engine.reviewed import pin_verified
+
+            shares = pin_verified(shares, data.frame["_verified"].to_numpy()[rows], targets)  # reviewed: one-hot
     return TensorData(pixels[rows], targets, shares), rows
 
 
@@ -624,19 +651,29 @@ def _estimate(cfg: RunConfig, rd: R.RunDir, data: PreparedData, result: dict, pi
     main_seconds = float(sum(h.get("seconds", 0.0) for h in state.history))
     info: dict = {"folds": est.folds, "main_training_s": main_seconds}
     if est.folds >= 2:
-        sch = cfg.schedule
-        fs = fold_schedule(sch.epochs, min(sch.warmup_epochs, sch.epochs), tuple(cfg.milestones()), k=est.folds,
+        from engine.warmstart import fold_setup, pretrain_file
+
+        images = f[S.IMAGE].to_numpy()
+        setup = fold_setup(cfg, list(images[train_rows]), list(images[meta_rows]),
+                           ctx.train.targets.cpu().numpy(), ctx.meta.targets.cpu().numpy())
+        fcfg = setup.cfg  # a warm run's fresh folds train on the earlier run's full schedule
+        sch = fcfg.schedule
+        fs = fold_schedule(sch.epochs, min(sch.warmup_epochs, sch.epochs), tuple(fcfg.milestones()), k=est.folds,
                            budget=est.fold_budget)
         done = D.on_main(lambda: _load_folds(rd)) if cfg.runtime.resume else {}
-        pretrained = D.on_main(lambda: read_weights(rd.path(R.PRETRAIN))) if cfg.pretrain.pretrain else None
+        pretrain_path = None if setup.warm else pretrain_file(cfg, rd)  # a warm run's is the earlier run's
+        pretrained = D.on_main(lambda: read_weights(pretrain_path)) if pretrain_path is not None else None
         rd.log(f"label estimation: {est.folds}-fold cross-fitting with {cfg.runtime.method}, {fs.epochs} epochs per "
-               f"fold (incl. {fs.warmup_epochs} warm-up)" + (f"; {len(done)} fold(s) kept from before" if done else ""))
+               f"fold (incl. {fs.warmup_epochs} warm-up)" + (f"; {len(done)} fold(s) kept from before" if done else "")
+               + (f"; {setup.note}" if setup.note else ""))
 
         def make_ctx(part_train: TensorData, part_meta: TensorData, fold: int) -> TrainContext:
             fold_model = _create_model(cfg, k, stream=100 + fold)
-            if pretrained is not None:
-                apply_weights(fold_model, pretrained, source=str(rd.path(R.PRETRAIN)))
-            fctx = _make_ctx(cfg, fold_model, k, part_train, part_meta, device, epochs=fs.epochs,
+            if setup.warm:
+                setup.init(fold_model, fold)  # the earlier run's network of the same fold (warm start)
+            elif pretrained is not None:
+                apply_weights(fold_model, pretrained, source=str(pretrain_path))
+            fctx = _make_ctx(fcfg, fold_model, k, part_train, part_meta, device, epochs=fs.epochs,
                              warmup_epochs=fs.warmup_epochs, milestones=fs.milestones, seed_offset=1000 * (fold + 1))
             fctx.on_step = lambda rec, fold=fold: _crossfit_status(rd, rec, fold, est.folds, fs.epochs)
             return fctx
@@ -645,25 +682,31 @@ def _estimate(cfg: RunConfig, rd: R.RunDir, data: PreparedData, result: dict, pi
             if not rd.writer:
                 return
             saved = _load_folds(rd)
-            saved[fold] = res
-            atomic.torch_save(rd.path(R.CROSSFIT), {str(i): {"train": torch.as_tensor(r["train"]),
+            saved[fold] = {**res, "train_images": [str(x) for x in images[train_rows][res["train_idx"]]],
+                           "meta_images": [str(x) for x in images[meta_rows][res["meta_idx"]]]}
+            # the fold's network and held-out images stay in the file: a later --from-run warm-starts each fold
+            atomic.torch_save(rd.path(R.CROSSFIT), {str(i): {**{key: r[key] for key in _FOLD_EXTRA if key in r},
+                                                             "train": torch.as_tensor(r["train"]),
                                                              "meta": torch.as_tensor(r["meta"]),
                                                              "seconds": float(r["seconds"])}
                                                     for i, r in saved.items()})
             rd.log(f"cross-fitting fold {fold + 1}/{est.folds} done in {res['seconds']:.1f}s")
 
         cf = crossfit(make_ctx, result["method"], result["method_cfg"], ctx.train, ctx.meta, k=est.folds,
-                      seed=cfg.runtime.seed, done=done, on_fold=save_fold)
+                      seed=cfg.runtime.seed, done=done, on_fold=save_fold, folds=setup.folds)
         prior[train_rows] = cf.train_probs
         if len(meta_rows):
             prior[meta_rows] = cf.meta_probs
         meta_y = f.loc[meta_rows, "_major_idx"].to_numpy()
         info.update(fold_epochs=fs.epochs, fold_warmup_epochs=fs.warmup_epochs, fold_seconds=cf.seconds,
+                    folds_warm_started=setup.warm,
                     cost_ratio=(sum(cf.seconds) / main_seconds) if main_seconds else None,
                     meta_acc_oos=float((cf.meta_probs.argmax(1) == meta_y).mean()) if len(meta_rows) else None)
     major = f["_major_idx"].to_numpy()
     known = np.full(n, -1)
     known[meta_rows] = major[meta_rows]
+    verified = f["_verified"].to_numpy() if "_verified" in f else np.full(n, -1)
+    known[verified >= 0] = verified[verified >= 0]  # reviewed labels are held fixed and anchor the confusions
     calibrate = est.calibration == "temperature" and est.folds >= 2  # meta probabilities are out-of-sample
     e = label_estimate(prior, data.votes, known=known, calibrate=calibrate,
                        calibration_rows=np.isin(np.arange(n), meta_rows), experts=est.experts,
@@ -673,7 +716,7 @@ def _estimate(cfg: RunConfig, rd: R.RunDir, data: PreparedData, result: dict, pi
                 experts={"mode": est.experts, "confusions": {name: np.round(e.confusions[j], 4).tolist()
                                                              for j, name in enumerate(_expert_names(cfg, data))}
                          if est.experts != "none" else {}})
-    return {"posterior": e.posterior, "method_probs": method_probs,
+    return {"posterior": e.posterior, "method_probs": method_probs, "prior": e.prior, "verified": verified >= 0,
             "priority": review_priority(e.posterior, major, ordinal=data.ordinal), "known": known >= 0, "info": info}
 
 
@@ -690,8 +733,11 @@ def _load_folds(rd: R.RunDir) -> dict:
     from engine.safe_load import torch_load
 
     raw = torch_load(path, what="cross-fitting checkpoint")
-    return {int(i): {"train": r["train"].numpy(), "meta": r["meta"].numpy(), "seconds": r["seconds"]}
-            for i, r in raw.items()}
+    return {int(i): {**{key: r[key] for key in _FOLD_EXTRA if key in r}, "train": r["train"].numpy(),
+                     "meta": r["meta"].numpy(), "seconds": r["seconds"]} for i, r in raw.items()}
+
+
+_FOLD_EXTRA = ("model", "train_images", "meta_images")  # kept in crossfit.pt for a later warm start
 
 
 def _crossfit_status(rd: R.RunDir, rec: dict, fold: int, folds: int, epochs: int) -> None:
@@ -741,8 +787,12 @@ def _write_outputs(cfg: RunConfig, rd: R.RunDir, data: PreparedData, result: dic
         labels[S.prob_col(c)] = post[:, j].round(6)
     for j, c in enumerate(classes):
         labels[S.method_prob_col(c)] = estimate["method_probs"][:, j].round(6)
+    labels[S.VERIFIED] = estimate["verified"].astype(int)
     labels = pd.concat([labels, flags], axis=1)[S.labels_columns(classes)]
     atomic.write_csv(rd.path(R.LABELS), labels)
+    from engine.active import write_prior
+
+    write_prior(rd.path(R.PRIOR), f[S.IMAGE], classes, estimate["prior"])  # the review queue's quick refresh
 
     best = next((h for h in state.history if h["epoch"] == state.best_epoch), {})
     major = f["_major_idx"].to_numpy()
@@ -768,6 +818,7 @@ def _write_outputs(cfg: RunConfig, rd: R.RunDir, data: PreparedData, result: dic
         "n_flagged": n_flagged,
         "expected_wrong_majority": expected,
         "estimator": estimate["info"],
+        "review": {"reviewed": cfg.review.reviewed, "from_run": cfg.review.from_run, **(result.get("review") or {})},
         "warnings": run_warnings(cfg, state, best, n_flagged, expected),
         "history": state.history,
         "wall_time_s": wall,

@@ -19,6 +19,8 @@ CHECKPOINT = "checkpoint.pt"  # last complete epoch, for --resume
 PRETRAIN = "pretrain.pt"  # DR-pretraining backbone checkpoint
 CROSSFIT = "crossfit.pt"  # finished folds of the estimation stage, for --resume
 ROLES = "roles.csv"  # image, role as used by this run
+PRIOR = "prior.csv"  # image, prior:<class>: the label estimate's calibrated model probabilities (engine/active.py)
+REVIEWED = "reviewed.csv"  # the verified labels this run was given with --reviewed (engine/reviewed.py)
 
 STATES = ("queued", "running", "done", "failed", "cancelled")
 ACTIVE_STATES = ("queued", "running")
@@ -87,6 +89,10 @@ class RunDir:
         """The run's resolved config.json (`RunConfig.to_dict()` + versions, classes, device), or None when it is
         missing or unreadable. The one reader of config.json: engine (resume, export) and app alike."""
         return self._read_json(CONFIG)
+
+    def read_metrics(self) -> dict:
+        """The run's metrics.json, or {} when it is missing or unreadable (a run that has not finished)."""
+        return self._read_json(METRICS) or {}
 
     def _read_json(self, name: str) -> dict | None:
         import json

@@ -24,7 +24,8 @@ MAIN_FIELDS = [("model", "backbone"), ("data", "image_size"), ("schedule", "epoc
 PRETRAIN_GROUP = "pretrain"
 APP_OWNED = {("data", "dataset"), ("data", "roles"), ("data", "classes"), ("data", "meta"), ("data", "test"),
              ("data", "cache_dir"), ("runtime", "out"), ("runtime", "method"), ("runtime", "resume"),
-             ("runtime", "nproc"), ("runtime", "dist_timeout")}  # the GPUs are offered by `gpus` (train_form)
+             ("runtime", "nproc"), ("runtime", "dist_timeout"),  # the GPUs are offered by `gpus` (train_form)
+             ("review", "reviewed"), ("review", "from_run")}  # the Review/Export pages' "Retrain with my N reviews"
 
 
 def more_fields() -> list[tuple[str, str]]:

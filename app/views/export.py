@@ -3,7 +3,7 @@
 import streamlit as st
 
 from app import state
-from app.components import export_view
+from app.components import export_view, precision, retrain
 from app.components.errors import guard
 from app.components.run_picker import run_picker
 from app.plain import code
@@ -18,9 +18,11 @@ if run is None:
 with guard("prepare the export"):
     from engine.export import export_labels, provenance_path, read_labels
 
-    _, classes = read_labels(run / "labels.csv")
+    labels, classes = read_labels(run / "labels.csv")
     preview = export_labels(run, store=state.store())
     export_view.summary(preview, classes)
+    st.markdown("**How precise were the flags?**")
+    precision.panel(labels, state.store().current_decisions(run))
 
     out = run / export_view.EXPORT_NAME
     st.divider()
@@ -48,3 +50,7 @@ with guard("prepare the export"):
                            mime="text/csv", key="ex_download", icon=":material/file_download:")
     with st.expander(f"Preview ({len(preview)} rows)"):
         st.dataframe(preview, hide_index=True, width="stretch", height=300)
+
+    st.divider()
+    st.subheader("Retrain with your reviews")
+    retrain.retrain_panel(key="ex_retrain", run=run, n_reviews=retrain.n_reviews(run))

@@ -6,6 +6,7 @@ import pandas as pd
 import streamlit as st
 
 from app import state
+from app.components import ordering, precision, retrain
 from app.components import review as rv
 from app.components.errors import guard
 from app.components.run_picker import run_picker
@@ -37,7 +38,8 @@ with guard("load the run's labels"):
     labels, classes = rv.load_labels(run)
     q = rv.queue(labels)
     store = state.store()
-    current = {d["image"]: d for d in store.current_decisions(run).to_dict("records")}
+    decisions = store.current_decisions(run)
+    current = {d["image"]: d for d in decisions.to_dict("records")}
     history = store.history(run)
     last_action = history.groupby("image")["action"].last().to_dict() if len(history) else {}
     n_total, n_done = len(q), int(q["image"].isin(current).sum())
@@ -54,9 +56,11 @@ with guard("load the run's labels"):
     msg = st.session_state.pop(f"{K}_msg", None)
     if msg:
         (st.toast if msg[0] == "ok" else st.error)(msg[1], icon=":material/check_circle:" if msg[0] == "ok" else ":material/error:")
+    precision.caption(labels, decisions)
     if q.empty:
         st.success("No image of this run is flagged: the model agrees with the experts everywhere.", icon=":material/celebration:")
         st.stop()
+    q = ordering.order_queue(K, run, labels, classes, q, decisions)
 
     experts = sorted({e for v in q["votes"] for e in parse_votes(v)})
     f1, f2, f3, f4 = st.columns([2.4, 1.8, 1.5, 1.2])
@@ -193,3 +197,7 @@ with guard("load the run's labels"):
             st.dataframe(hist, hide_index=True, width="stretch", key=rv.table_key(K, "hist"), on_select="rerun",
                          selection_mode="single-row", height=260)
             st.caption("Select a row to go back to that image and change the decision (the history is kept).")
+
+    st.divider()
+    st.subheader("Retrain with your reviews")
+    retrain.retrain_panel(key=f"{K}_retrain", run=run, n_reviews=retrain.n_reviews(run))

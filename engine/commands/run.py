@@ -10,7 +10,8 @@ from engine.errors import InputError, Problem
 HELP = "train: DR pretraining -> warm-up -> label-noise method; writes soft labels, flags, metrics and a model"
 
 _TITLES = {"data": "data", "model": "model", "schedule": "schedule (unset options come from the recipe)",
-           "pretrain": "DR pretraining", "estimate": "label estimation", "runtime": "run"}
+           "pretrain": "DR pretraining", "estimate": "label estimation",
+           "review": "reviewed labels and warm start (close the loop)", "runtime": "run"}
 
 
 def add_parser(p) -> None:
@@ -29,7 +30,14 @@ def config_from_args(args) -> RunConfig:
     """Defaults < --config file < command-line flags; unknown keys and flags for another method are errors."""
     from engine.methods import get_method, list_methods
 
-    base = load_yaml(args.config) if args.config else {}
+    base = {}
+    if getattr(args, "from_run", None):  # an earlier run's settings are the defaults of a warm-started retrain
+        from engine.warmstart import inherited_sections
+
+        base = inherited_sections(args.from_run)
+    if args.config:
+        given = load_yaml(args.config)
+        base = {**base, **{k: ({**base.get(k, {}), **v} if isinstance(v, dict) else v) for k, v in given.items()}}
     sections = {name: dict(base.get(name, {})) for name in GROUPS}
     for name, cls in GROUPS.items():
         sections[name].update(collect_dataclass_args(args, cls))
@@ -41,6 +49,8 @@ def config_from_args(args) -> RunConfig:
     method = cfg.runtime.method
     method_cls = get_method(method)
     params = dict(base.get("method_params", {}))
+    if getattr(args, "from_run", None) and method != (base.get("runtime") or {}).get("method"):
+        params = {}  # the earlier run's method parameters belong to its own method
     for other in list_methods():
         given = collect_dataclass_args(args, get_method(other).config_cls, prefix=f"{other.replace('-', '_')}_")
         if given and other != method:

@@ -27,6 +27,8 @@ FLAG_REASON = "flag_reason"  # the same reasons in words, for people (never pars
 FLAG_SCORE = "flag_score"  # P(the majority label is wrong)
 PRIORITY = "priority"  # review order, higher first (expected severity distance on an ordinal scale)
 METHOD_PROB_PREFIX = "method_p:"  # method_p:<class>: the method's own soft label / its model's prediction
+VERIFIED = "verified"  # 1 = a reviewer's label given with --reviewed (held fixed: p:<class> is one-hot on it)
+PRIOR_PREFIX = "prior:"  # prior.csv: prior:<class> = the calibrated model probability the label estimate started from
 
 # export (cleaned labels)
 FINAL_LABEL = "final_label"
@@ -65,8 +67,13 @@ def method_prob_col(cls: str) -> str:
     return f"{METHOD_PROB_PREFIX}{cls}"
 
 
+def prior_col(cls: str) -> str:
+    return f"{PRIOR_PREFIX}{cls}"
+
+
 def labels_columns(classes) -> list[str]:
-    return [*LABELS_COLUMNS_HEAD, *prob_cols(classes), *LABELS_COLUMNS_TAIL, *(method_prob_col(c) for c in classes)]
+    return [*LABELS_COLUMNS_HEAD, *prob_cols(classes), *LABELS_COLUMNS_TAIL, *(method_prob_col(c) for c in classes),
+            VERIFIED]
 
 
 def export_columns(classes) -> list[str]:

@@ -76,6 +76,7 @@ def make_fake_run(run_dir: Path, dataset: Path, *, method: str = "mslg", seed: i
         **{c: flags[c] for c in ("suggested", "confidence", "flag", "flag_code", "flag_reason", "flag_score",
                                  "priority")},
         **{method_prob_col(c): probs[:, j].round(4) for j, c in enumerate(CLASSES)},
+        "verified": 0,
     })[labels_columns(CLASSES)]
     run_dir.mkdir(parents=True)
     frame.to_csv(run_dir / "labels.csv", index=False)

@@ -8,13 +8,17 @@ from engine.store import WorkspaceStore
 from tests.app.texts import unescape
 
 
-def _start(at, name: str = "Dr Test"):
+def _start(at, name: str = "Dr Test", order: str | None = "flag_score"):
+    """Open the Review page as `name`; the queue in `order` (these tests follow the flag-score order)."""
     at.run()
     at.switch_page("views/review.py").run()
     assert not at.exception, at.exception
     at.text_input(key="rv_name_input").set_value(name)
     next(b for b in at.form_submit_button if b.label == "Start reviewing").click().run()
     assert not at.exception, at.exception
+    if order is not None:
+        at.segmented_control(key="rv_order").set_value(order).run()
+        assert not at.exception, at.exception
     return at
 
 

@@ -153,6 +153,18 @@ def heading(pg) -> str:
     return pg.locator("h4").first.inner_text().strip()
 
 
+def new_runs(workspace: Path, known: tuple[Path, ...], timeout: float = 60.0) -> list[Path]:
+    """The runs in the job registry other than `known`, once there is at least one (the app registers a job a moment
+    after the click's script run, which `idle` may not wait for); [] after `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        with sqlite3.connect(workspace / "review.db") as conn:
+            runs = [Path(r[0]) for r in conn.execute("SELECT run_dir FROM runs") if Path(r[0]) not in known]
+        if runs or time.monotonic() > deadline:
+            return runs
+        time.sleep(0.5)
+
+
 def wait_state(run_dir: Path, states: tuple[str, ...], timeout: float) -> dict:
     """status.json once its state is one of `states` (or the last one read when the time is up)."""
     deadline, status = time.monotonic() + timeout, {}
@@ -280,6 +292,10 @@ def _flow(pg, url: str, workspace: Path, tmp_path: Path) -> None:
     pg.get_by_role("radio", name="to review", exact=True).click()
     idle(pg)
     assert heading(pg) == third
+    pg.locator("body").press("a")  # keyboard shortcut: accept the suggestion
+    idle(pg)
+    assert pg.get_by_text(re.compile(r"^3 of \d+ reviewed$")).count() == 1
+    assert pg.get_by_text(re.compile(r"^Flag precision so far: \d of 3 reviewed flags changed")).count() == 1
 
     # 5. Export: written into the run folder, holding the override with source=review
     nav(pg, "5 · Export")
@@ -291,7 +307,40 @@ def _flow(pg, url: str, workspace: Path, tmp_path: Path) -> None:
     assert exported.loc[row["image"], "final_label"] == choice
     assert exported.loc[row["image"], "source"] == "review"
     assert exported.loc[row["image"], "reviewer"] == "Dr E2E"
-    assert (exported["source"] == "review").sum() == 2  # the override and the kept majority
+    assert (exported["source"] == "review").sum() == 3  # the override, the kept majority, the accepted suggestion
+    reviewed = {img: exported.loc[img, "final_label"] for img in exported.index[exported["source"] == "review"]}
+    assert any(img.endswith("/" + third) or img == third for img in reviewed)
+
+    # 6. Retrain with the 3 reviews: a warm-started run; its labels.csv marks them verified; before -> after
+    pg.get_by_role("button", name="Retrain with my 3 reviews").click()
+    idle(pg)
+    retrains = new_runs(workspace, (run_dir,))
+    assert len(retrains) == 1
+    new_dir = retrains[0]
+    deadline = time.monotonic() + TRAIN_TIMEOUT_S
+    status = {}
+    while time.monotonic() < deadline:
+        if (new_dir / "status.json").exists():
+            status = json.loads((new_dir / "status.json").read_text())
+            if status.get("state") in ("done", "failed", "cancelled"):
+                break
+        time.sleep(3)
+    assert status.get("state") == "done", (status, (new_dir / "log.txt").read_text()[-3000:]
+                                           if (new_dir / "log.txt").exists() else "no log")
+    new_config = json.loads((new_dir / "config.json").read_text())
+    assert new_config["review"]["from_run"] == str(run_dir) and new_config["schedule"]["warmup_epochs"] == 0
+    new_labels = pd.read_csv(new_dir / "labels.csv", keep_default_na=False).set_index("image")
+    assert set(new_labels.index[new_labels["verified"] == 1]) == set(reviewed)
+    for img, label in reviewed.items():
+        assert new_labels.loc[img, "suggested"] == label
+    pg.get_by_text("Before → after").first.wait_for(timeout=60_000)
+    idle(pg)
+    table = pg.locator('[data-testid="stTable"]').filter(has_text="verified images")
+    assert table.count() == 1
+    assert re.search(r"test accuracy\s+\d+\.\d %\s+\d+\.\d %", table.inner_text())
+    assert re.search(r"verified images\s+0\s+3", table.inner_text())
+    table.scroll_into_view_if_needed()
+    shot(pg, "retrain", tmp_path)
 
     # (d) predict two new images (a PNG and a DICOM) with the run's model, from the app
     nav(pg, "Predict")
@@ -318,8 +367,7 @@ def _flow(pg, url: str, workspace: Path, tmp_path: Path) -> None:
         box.press("Tab")
     pg.get_by_role("button", name="Launch training").click()
     idle(pg)
-    with sqlite3.connect(workspace / "review.db") as conn:
-        (second_run,) = [Path(r[0]) for r in conn.execute("SELECT run_dir FROM runs") if Path(r[0]) != run_dir]
+    (second_run,) = new_runs(workspace, (run_dir, new_dir))  # new_dir: the retrain of step 6
     assert wait_state(second_run, ("running",), 120).get("stage") in ("setup", "warmup", "main")
     pg.reload()
     pg.get_by_text(second_run.name).first.wait_for(timeout=60_000)

@@ -148,6 +148,30 @@ def test_two_processes_write_every_row_once_and_match_one_process(runs, method):
         assert hb["allreduce_mb"] > 0 and "allreduce_mb" not in ha
 
 
+def test_a_retrain_with_reviews_on_two_processes_matches_one_process(runs, tmp_path):
+    """`run --from-run OLD --reviewed CSV --nproc 2`: the warm start (model, fold networks) and the verified labels
+    reach every process; the labels match a one-process retrain and mark the reviewed images verified."""
+    old, _ = runs("meta-finetune")
+    train = labels(old)[lambda f: f[S.ROLE] == S.TRAIN]
+    picked = train.sort_values(S.FLAG_SCORE, ascending=False).head(3)
+    reviewed = {img: CLASSES[(CLASSES.index(m) + 1) % 3] for img, m in zip(picked[S.IMAGE], picked[S.MAJORITY],
+                                                                           strict=True)}
+    csv = tmp_path / "reviewed.csv"
+    csv.write_text("image,label\n" + "".join(f"{i},{c}\n" for i, c in reviewed.items()))
+    one, two = tmp_path / "one", tmp_path / "two"
+    args = ["--from-run", str(old), "--reviewed", str(csv)]
+    assert main(["run", "--out", str(one), *args]) == 0
+    proc = engine_nproc(["run", "--out", str(two), *args])
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    assert_close(labels(one), labels(two), "retrain")
+    frame = labels(two).set_index(S.IMAGE)
+    assert set(frame.index[frame[S.VERIFIED] == 1]) == set(reviewed)
+    assert all(frame.loc[i, S.SUGGESTED] == c for i, c in reviewed.items())
+    config = json.loads((two / "config.json").read_text())
+    assert config["world_size"] == 2 and config["warm_start"]["from_run"] == str(old.resolve())
+    assert json.loads((two / "metrics.json").read_text())["estimator"]["folds_warm_started"] is True
+
+
 @pytest.mark.parametrize("method", ["mslg"])
 def test_process_zero_alone_writes_the_run_folder(runs, method):
     _, two = runs(method)
