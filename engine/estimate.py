@@ -131,7 +131,7 @@ def _posterior(log_prior: np.ndarray, onehot: np.ndarray, confusions: np.ndarray
 def estimate_labels(pred_probs: np.ndarray | None, votes: np.ndarray, *, known: np.ndarray | None = None,
                     has_probs: np.ndarray | None = None, temperature: float | None = None,
                     calibration_rows: np.ndarray | None = None, diag_prior: float = 2.0, off_prior: float = 1.0,
-                    pattern_strength: float | None = None, init: str = "votes", confusion_fit: str = "em",
+                    pattern_strength: float | None = None, confusion_fit: str = "em",
                     max_iter: int = 100, tol: float = 1e-6) -> Estimate:
     """Posterior over the true class of every image from model probabilities, expert votes and known labels.
 
@@ -181,11 +181,8 @@ def estimate_labels(pred_probs: np.ndarray | None, votes: np.ndarray, *, known: 
         conf = expert_confusions(np.where(measured[:, None], prior, 0.0), onehot, diag_prior=diag_prior,
                                  off_prior=off_prior)
         return Estimate(_posterior(log_prior, onehot, conf, known), prior, conf, float(temperature), 1)
-    if init == "prior" and has_probs.any():  # the first confusions measure the experts against the model's view
-        post = prior.copy()
-    else:  # the vote shares times the prior (a soft majority vote that the image can tip)
-        shares = onehot.sum(1) + 1e-3
-        post = np.exp(log_softmax(log_prior + np.log(shares)))
+    # EM starts from the vote shares times the prior (a soft majority vote that the image can tip)
+    post = np.exp(log_softmax(log_prior + np.log(onehot.sum(1) + 1e-3)))
     post[known >= 0] = np.eye(k)[known[known >= 0]]
     iterations = 0
     while iterations < max_iter:
