@@ -31,22 +31,7 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from bench.label_bench import score  # noqa: E402
-
-
-def _flags(posterior: np.ndarray, votes: np.ndarray, maj: np.ndarray, known: np.ndarray, k: int,
-           ordinal: bool) -> np.ndarray:
-    """The product's flags (`engine.flags.flag_images`) for these rows, as a bool array."""
-    from engine.estimate import review_priority
-    from engine.flags import flag_images
-
-    counts = np.stack([(votes == c).sum(1) for c in range(k)], 1)
-    graded = (votes >= 0).sum(1)
-    tie = (counts == counts.max(1, keepdims=True)).sum(1) > 1
-    consensus = (counts.max(1) == graded) & (graded >= 2)
-    fl = flag_images(posterior, maj, consensus=consensus, tie=tie, classes=[str(c) for c in range(k)],
-                     priority=review_priority(posterior, maj, ordinal=ordinal), known=known >= 0)
-    return fl["flag"].to_numpy().astype(bool)
+from bench.label_bench import product_flags, score  # noqa: E402
 
 
 def oracle_pattern_likelihood(votes: np.ndarray, truth: np.ndarray, k: int) -> np.ndarray:
@@ -75,7 +60,7 @@ def study_cell(path: Path) -> list[dict]:
     t = truth[rows]
 
     def row(name: str, posterior: np.ndarray, diag: float | None = None) -> dict:
-        flags = _flags(posterior, votes, maj, known, k, ordinal)
+        flags = product_flags(posterior, votes, maj, known, k, ordinal)["flag"].to_numpy().astype(bool)
         return {"cell": path.stem, "row": name, "diag": diag,
                 **score(posterior[:n_train].argmax(1), flags[:n_train], maj[:n_train], t[:n_train])}
 

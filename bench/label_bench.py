@@ -34,8 +34,12 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
@@ -268,10 +272,23 @@ def model_row(probs: np.ndarray, maj: np.ndarray, truth: np.ndarray) -> dict:
     return score(sug, sug != maj, maj, truth)
 
 
+def product_flags(posterior: np.ndarray, votes: np.ndarray, maj: np.ndarray, known: np.ndarray, k: int,
+                  ordinal: bool) -> pd.DataFrame:
+    """The product's flags (`engine.flags.flag_images`, as `engine run` calls it) for these rows."""
+    from engine.estimate import review_priority
+    from engine.flags import flag_images
+
+    counts = np.stack([(votes == c).sum(1) for c in range(k)], 1)
+    graded = (votes >= 0).sum(1)
+    tie = (counts == counts.max(1, keepdims=True)).sum(1) > 1
+    consensus = (counts.max(1) == graded) & (graded >= 2)
+    return flag_images(posterior, maj, consensus=consensus, tie=tie, classes=[str(c) for c in range(k)],
+                       priority=review_priority(posterior, maj, ordinal=ordinal), known=known >= 0)
+
+
 def pipeline_row(tr: Trainer, prior_train: np.ndarray, prior_meta: np.ndarray) -> tuple[dict, np.ndarray]:
     """The product's label estimate (engine.estimate + engine.flags, as `engine run` calls them) on training rows."""
-    from engine.estimate import label_estimate, review_priority
-    from engine.flags import flag_images
+    from engine.estimate import label_estimate
 
     d = tr.data
     rows = np.concatenate([d.train, d.meta])
@@ -281,12 +298,7 @@ def pipeline_row(tr: Trainer, prior_train: np.ndarray, prior_meta: np.ndarray) -
     prior = np.concatenate([prior_train, prior_meta])
     est = label_estimate(prior, d.votes[rows], known=known, calibrate=True, calibration_rows=known >= 0,
                          experts=tr.setup.experts)
-    m = maj[rows]
-    counts = np.stack([(d.votes[rows] == c).sum(1) for c in range(d.k)], 1)
-    tie = (counts == counts.max(1, keepdims=True)).sum(1) > 1
-    consensus = (counts.max(1) == (d.votes[rows] >= 0).sum(1)) & ((d.votes[rows] >= 0).sum(1) >= 2)
-    fl = flag_images(est.posterior, m, consensus=consensus, tie=tie, classes=[str(c) for c in range(d.k)],
-                     priority=review_priority(est.posterior, m, ordinal=d.ordinal), known=known >= 0)
+    fl = product_flags(est.posterior, d.votes[rows], maj[rows], known, d.k, d.ordinal)
     out = score(est.posterior[:n_train].argmax(1), fl["flag"].to_numpy()[:n_train].astype(bool), maj[d.train],
                 d.truth[d.train])
     out["expected_wrong"] = float(fl["flag_score"].to_numpy()[:n_train].sum())
