@@ -23,6 +23,7 @@ from __future__ import annotations
 import json
 import sqlite3
 import threading
+import time
 from collections.abc import Iterator
 from contextlib import closing, contextmanager
 from datetime import UTC, datetime
@@ -164,11 +165,25 @@ def _check_workspace_file(path: Path) -> None:
                                  fix))
 
 
+def _set_wal(conn: sqlite3.Connection) -> str:
+    """Switch to WAL and return the journal mode. Two processes opening a new database at once can get "database is
+    locked" here without SQLite's busy handler waiting (the switch needs an exclusive lock), so retry for up to the
+    busy timeout."""
+    deadline = time.monotonic() + BUSY_TIMEOUT_MS / 1000
+    while True:
+        try:
+            return str(conn.execute("PRAGMA journal_mode = WAL").fetchone()[0])
+        except sqlite3.OperationalError as err:
+            if "locked" not in str(err) or time.monotonic() > deadline:
+                raise
+            time.sleep(0.05)
+
+
 def connect(db_path: Path | str) -> sqlite3.Connection:
     """Open an autocommit connection with the store's durability settings (WAL, synchronous=FULL, busy timeout)."""
     conn = sqlite3.connect(str(db_path), timeout=BUSY_TIMEOUT_MS / 1000, isolation_level=None, check_same_thread=False)
     conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
-    mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
+    mode = _set_wal(conn)
     if str(mode).lower() != "wal":  # e.g. a file system without shared memory: keep the safe rollback journal
         conn.execute("PRAGMA journal_mode = DELETE")
     conn.execute("PRAGMA synchronous = FULL")  # fsync at every commit: a decision once made is never lost

@@ -33,6 +33,9 @@ def run_checks(rank: int, size: int, port: int, names: list[str], out_dir: str) 
                 result = traceback.format_exc()
             with open(os.path.join(out_dir, f"{name}.{rank}.txt"), "w") as fh:
                 fh.write(result)
+        import torch.distributed as dist
+
+        dist.barrier()  # leave together: process 0 hosts the store, and gloo aborts a process whose peer vanished
     finally:
         D.stop()
 
